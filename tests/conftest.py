@@ -1,0 +1,23 @@
+"""Test setup: 8 fake CPU devices so that multi-device paths run on a laptop."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_MULTI30K = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k"
+
+
+@pytest.fixture(scope="session")
+def multi30k_dir():
+  """The shared Multi30k corpus; tests that need it skip when it is absent."""
+  path = pathlib.Path(os.environ.get("MULTI30K_DIR", SHARED_MULTI30K))
+  if not (path / "train.en.gz").exists():
+    pytest.skip(f"Multi30k not found at {path} (set MULTI30K_DIR)")
+  return path

@@ -1,0 +1,31 @@
+"""transformer_jax: the Transformer of "Attention Is All You Need" in JAX/Flax."""
+
+from transformer_jax.config import TransformerConfig
+from transformer_jax.model import (
+    Decoder,
+    DecoderLayer,
+    Embedder,
+    Encoder,
+    EncoderLayer,
+    FeedForward,
+    MultiHeadAttention,
+    PositionalEncoding,
+    SharedEmbedding,
+    SubLayer,
+    Transformer,
+    causal_mask,
+    make_attention_mask,
+    padding_mask,
+    plain_attention,
+    segment_mask,
+    sinusoidal_encoding,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "TransformerConfig", "Transformer", "Encoder", "Decoder", "EncoderLayer", "DecoderLayer",
+    "MultiHeadAttention", "FeedForward", "SubLayer", "PositionalEncoding", "SharedEmbedding",
+    "Embedder", "causal_mask", "make_attention_mask", "padding_mask", "plain_attention",
+    "segment_mask", "sinusoidal_encoding",
+]

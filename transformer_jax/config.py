@@ -1,0 +1,145 @@
+"""TransformerConfig: every architectural hyperparameter, named as in the paper."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+_ACTIVATIONS = ("relu", "gelu")
+_POSITIONAL = ("sinusoidal", "learned")
+_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "plain")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of the encoder-decoder Transformer (Vaswani et al., 2017).
+
+  Attributes:
+    vocab_size: Size of the (shared) vocabulary, special ids included.
+    d_model: Width of every sub-layer output and of the embeddings.
+    num_heads: Number of attention heads h; d_model must be divisible by it.
+    d_ff: Inner width of the position-wise feed-forward network.
+    num_encoder_layers: N for the encoder stack.
+    num_decoder_layers: N for the decoder stack.
+    dropout_rate: P_drop, on embeddings + positions and every sub-layer output.
+    attention_dropout_rate: Dropout on the attention weights (0 in the paper).
+    max_len: Longest position the model supports (learned positions' table size).
+    share_embeddings: One matrix for source, target and output projection.
+    pre_norm: LayerNorm before each sub-layer (plus a final one) instead of after.
+    dtype: Computation dtype, e.g. "float32" or "bfloat16".
+    param_dtype: Parameter dtype (keep float32).
+    pad_id: Id of padding; always 0.
+    bos_id: Id that starts every decoder input.
+    eos_id: Id that ends every target.
+    activation: Feed-forward non-linearity ("relu" as in the paper, or "gelu").
+    positional: "sinusoidal" (the paper's formula) or "learned".
+    layer_norm_epsilon: Epsilon of every LayerNorm.
+    attention_impl: "auto" (cuDNN fused kernel on GPUs in half precision, XLA
+      otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`), or "plain"
+      (explicit einsum/softmax; always used when attention dropout is active).
+    scan_layers: Run each stack as one `nn.scan` over stacked layer parameters
+      (fast compiles; parameters get a leading layer axis).
+    remat: Rematerialize each layer's activations in the backward pass.
+  """
+
+  vocab_size: int
+  d_model: int = 512
+  num_heads: int = 8
+  d_ff: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  max_len: int = 512
+  share_embeddings: bool = True
+  pre_norm: bool = False
+  dtype: Any = "float32"
+  param_dtype: Any = "float32"
+  pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
+  activation: str = "relu"
+  positional: str = "sinusoidal"
+  layer_norm_epsilon: float = 1e-6
+  attention_impl: str = "auto"
+  scan_layers: bool = False
+  remat: bool = False
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "num_heads", "d_ff", "num_encoder_layers",
+                 "num_decoder_layers", "max_len"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {value!r}.")
+    if self.d_model % self.num_heads:
+      raise ValueError(
+          f"TransformerConfig.d_model={self.d_model} is not divisible by num_heads="
+          f"{self.num_heads}: each head gets d_model / num_heads dimensions, so choose "
+          f"num_heads among the divisors of d_model (e.g. {_divisors_near(self.d_model, self.num_heads)}).")
+    for name in ("dropout_rate", "attention_dropout_rate"):
+      value = getattr(self, name)
+      if not 0.0 <= value < 1.0:
+        raise ValueError(f"TransformerConfig.{name} must be in [0, 1), got {value!r}.")
+    if not self.layer_norm_epsilon > 0:
+      raise ValueError(
+          f"TransformerConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}.")
+    if self.pad_id != 0:
+      raise ValueError(f"TransformerConfig.pad_id must be 0 (padding is id 0 everywhere), "
+                       f"got {self.pad_id!r}.")
+    ids = {"pad_id": self.pad_id, "bos_id": self.bos_id, "eos_id": self.eos_id}
+    for name, value in ids.items():
+      if not 0 <= value < self.vocab_size:
+        raise ValueError(f"TransformerConfig.{name}={value} is outside the vocabulary "
+                         f"[0, vocab_size={self.vocab_size}); use an id below vocab_size.")
+    if len(set(ids.values())) != 3:
+      raise ValueError(f"TransformerConfig special ids collide ({ids}); pad_id, bos_id and "
+                       "eos_id must be three different ids.")
+    for name, allowed in (("activation", _ACTIVATIONS), ("positional", _POSITIONAL),
+                          ("attention_impl", _ATTENTION_IMPLS)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
+    for name in ("dtype", "param_dtype"):
+      try:
+        dtype = jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not a dtype; "
+                         "use e.g. 'float32' or 'bfloat16'.") from e
+      if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"TransformerConfig.{name} must be a floating dtype, got {dtype}.")
+
+  @property
+  def head_dim(self) -> int:
+    """d_k = d_v = d_model / num_heads."""
+    return self.d_model // self.num_heads
+
+  def replace(self, **changes) -> TransformerConfig:
+    """A copy with some fields changed (validated again)."""
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def tiny(cls, vocab_size: int, **overrides) -> TransformerConfig:
+    """A 2+2-layer, d_model 32 model for tests and demos."""
+    fields = dict(d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
+                  num_decoder_layers=2, dropout_rate=0.1, max_len=256)
+    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+
+  @classmethod
+  def base(cls, vocab_size: int, **overrides) -> TransformerConfig:
+    """Transformer-base, Table 3 of the paper: 512 / 2048 / 8 heads / 6+6 / P_drop 0.1."""
+    fields = dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6,
+                  num_decoder_layers=6, dropout_rate=0.1)
+    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+
+  @classmethod
+  def big(cls, vocab_size: int, **overrides) -> TransformerConfig:
+    """Transformer-big, Table 3 of the paper: 1024 / 4096 / 16 heads / 6+6 / P_drop 0.3."""
+    fields = dict(d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=6,
+                  num_decoder_layers=6, dropout_rate=0.3)
+    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+
+
+def _divisors_near(n: int, k: int) -> list[int]:
+  divisors = [d for d in range(1, n + 1) if n % d == 0]
+  return sorted(divisors, key=lambda d: (abs(d - k), d))[:3]
