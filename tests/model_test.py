@@ -1,0 +1,252 @@
+"""Behaviour of the Transformer modules: masks, packing, caching, precision, scan and remat."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_jax import (MultiHeadAttention, Transformer, TransformerConfig, make_attention_mask,
+                             plain_attention, sinusoidal_encoding)
+
+VOCAB = 40
+SRC = np.array([[5, 6, 7, 8, 9, 0, 0], [10, 11, 12, 13, 14, 15, 16]], np.int32)
+TGT = np.array([[1, 20, 21, 22, 0, 0], [1, 23, 24, 25, 26, 27]], np.int32)
+
+
+def _config(**overrides):
+  return TransformerConfig.tiny(VOCAB, **overrides)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init(config, src=SRC, tgt=TGT):
+  # jit: one compilation is much faster than running op by op on CPU, and it is cached.
+  return Transformer(config).init(jax.random.key(0), src, tgt)["params"]
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("deterministic",))
+def _apply(config, params, src, tgt, deterministic=True, dropout_seed=0, **packing):
+  rngs = {"dropout": jax.random.key(dropout_seed)}
+  return Transformer(config).apply({"params": params}, src, tgt, deterministic=deterministic,
+                                   rngs=rngs, **packing)
+
+
+CONFIG = _config()
+
+
+def test_shapes_and_dtypes():
+  params = _init(CONFIG)
+  logits = _apply(CONFIG, params, SRC, TGT)
+  assert logits.shape == (2, 6, VOCAB) and logits.dtype == jnp.float32
+  assert np.isfinite(np.asarray(logits)).all()
+  encoded = Transformer(CONFIG).apply({"params": params}, SRC, method=Transformer.encode)
+  assert encoded.shape == (2, 7, 32)
+
+
+def test_sinusoidal_encoding_is_the_papers_formula():
+  pe = np.asarray(sinusoidal_encoding(jnp.arange(50), 16))
+  pos, i = 37, 3
+  assert np.isclose(pe[pos, 2 * i], np.sin(pos / 10000 ** (2 * i / 16)), atol=1e-5)
+  assert np.isclose(pe[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / 16)), atol=1e-5)
+
+
+def test_causal_mask_future_tokens_do_not_change_earlier_logits():
+  params = _init(CONFIG)
+  changed = TGT.copy()
+  changed[:, 3:] = 30
+  a = _apply(CONFIG, params, SRC, TGT)
+  b = _apply(CONFIG, params, SRC, changed)
+  np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-5)
+  assert not np.allclose(a[:, 3:], b[:, 3:], atol=1e-3)
+
+
+def test_padding_invariance():
+  params = _init(CONFIG)
+  a = _apply(CONFIG, params, SRC, TGT)
+  b = _apply(CONFIG, params, np.pad(SRC, ((0, 0), (0, 5))), np.pad(TGT, ((0, 0), (0, 3))))
+  np.testing.assert_allclose(a, b[:, :6], atol=1e-5)
+  # Padding in place of a real token does change the result: the mask is not vacuous.
+  cut = SRC.copy()
+  cut[1, -1] = 0
+  c = _apply(CONFIG, params, cut, TGT)
+  np.testing.assert_allclose(a[0], c[0], atol=1e-5)
+  assert not np.allclose(a[1], c[1], atol=1e-3)
+
+
+def _pack(rows, pad_to):
+  """Packs 1-D int arrays into one row with segments and positions."""
+  tokens, segments, positions = [], [], []
+  for i, row in enumerate(rows, start=1):
+    tokens += list(row)
+    segments += [i] * len(row)
+    positions += list(range(len(row)))
+  pad = pad_to - len(tokens)
+  return [np.array([x + [0] * pad], np.int32) for x in (tokens, segments, positions)]
+
+
+def _pad_batch(rows, length):
+  return np.array([list(r) + [0] * (length - len(r)) for r in rows], np.int32)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_packed_equals_unpacked(pre_norm):
+  config = _config(pre_norm=pre_norm)
+  params = _init(config)
+  srcs = [[5, 6, 7, 8, 9], [10, 11, 12], [13, 14, 15, 16]]
+  tgts = [[1, 20, 21, 22], [1, 23, 24, 25, 26], [1, 27]]
+  src, src_seg, src_pos = _pack(srcs, 14)
+  tgt, tgt_seg, tgt_pos = _pack(tgts, 13)
+  packed = _apply(config, params, src, tgt, src_segments=src_seg, tgt_segments=tgt_seg,
+                  src_positions=src_pos, tgt_positions=tgt_pos)[0]
+  alone = _apply(config, params, _pad_batch(srcs, 5), _pad_batch(tgts, 5))
+  offset = 0
+  for i, t in enumerate(tgts):
+    np.testing.assert_allclose(packed[offset:offset + len(t)], alone[i, :len(t)], atol=1e-4)
+    offset += len(t)
+
+
+def test_encode_then_decode_equals_call():
+  params = _init(CONFIG)
+  model = Transformer(CONFIG)
+  full = _apply(CONFIG, params, SRC, TGT)
+  encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
+  logits = model.apply({"params": params}, encoded, SRC, TGT, method=Transformer.decode)
+  np.testing.assert_allclose(full, logits, atol=1e-5)
+
+
+def test_dropout_only_when_not_deterministic():
+  config = _config(attention_dropout_rate=0.1)
+  params = _init(config)
+  a = _apply(config, params, SRC, TGT, dropout_seed=1)
+  b = _apply(config, params, SRC, TGT, dropout_seed=2)
+  np.testing.assert_array_equal(a, b)
+  train = lambda seed: _apply(config, params, SRC, TGT, deterministic=False, dropout_seed=seed)
+  np.testing.assert_array_equal(train(1), train(1))
+  assert not np.allclose(train(1), train(2), atol=1e-3)
+  assert not np.allclose(train(1), a, atol=1e-3)
+  with pytest.raises(Exception, match="dropout"):
+    Transformer(config).apply({"params": params}, SRC, TGT, deterministic=False)
+
+
+def test_bf16_compute_keeps_float32_params():
+  config = _config(dtype="bfloat16")
+  params = _init(config)
+  assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+  logits = _apply(config, params, SRC, TGT)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, _apply(CONFIG, params, SRC, TGT), atol=0.1)
+  encoded = jax.eval_shape(lambda: Transformer(config).apply(
+      {"params": params}, SRC, method=Transformer.encode))
+  assert encoded.dtype == jnp.bfloat16
+  grads = jax.jit(jax.grad(lambda p: _apply(config, p, SRC, TGT).mean()))(params)
+  assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_fused_attention_equals_plain_attention():
+  attention = MultiHeadAttention(CONFIG)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 32))
+  mask = make_attention_mask(SRC, SRC, causal=True)
+  params = attention.init(jax.random.key(1), x, x, mask)
+  fused = attention.apply(params, x, x, mask)
+  plain = MultiHeadAttention(CONFIG.replace(attention_impl="plain")).apply(params, x, x, mask)
+  np.testing.assert_allclose(fused, plain, atol=1e-5)
+  # And the whole model, through both paths.
+  params = _init(CONFIG)
+  a = _apply(CONFIG, params, SRC, TGT)
+  b = _apply(CONFIG.replace(attention_impl="plain"), params, SRC, TGT)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_plain_attention_masks_fully_padded_rows_without_nan():
+  q = jnp.ones((1, 2, 1, 4))
+  mask = jnp.zeros((1, 1, 2, 2), bool)
+  assert np.isfinite(np.asarray(plain_attention(q, q, q, mask))).all()
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("deterministic",))
+def _grads(config, params, deterministic=False):
+  loss = lambda p: _apply(config, p, SRC, TGT, deterministic=deterministic, dropout_seed=3).mean()
+  return jax.grad(loss)(params)
+
+
+def _stack_layers(tree, num_layers):
+  """Unrolled params (layers_0, layers_1, ...) -> scanned params (layers, leading axis)."""
+  if not isinstance(tree, dict):
+    return tree
+  out = {k: _stack_layers(v, num_layers) for k, v in tree.items() if not k.startswith("layers_")}
+  if "layers_0" in tree:
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                 *[tree[f"layers_{i}"] for i in range(num_layers)])
+  return out
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_equals_unrolled(remat):
+  params = _init(CONFIG)
+  scanned = CONFIG.replace(scan_layers=True, remat=remat)
+  scanned_params = _stack_layers(params, 2)
+  # The scanned model initializes to the same tree structure as the stacked one.
+  assert jax.tree.structure(_init(scanned)) == jax.tree.structure(scanned_params)
+  a = _apply(CONFIG, params, SRC, TGT)
+  b = _apply(scanned, scanned_params, SRC, TGT)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  # Deterministic: scan splits dropout keys per layer differently from the unrolled stack.
+  ga = _stack_layers(_grads(CONFIG, params, deterministic=True), 2)
+  gb = _grads(scanned, scanned_params, deterministic=True)
+  for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_remat_equals_plain_gradients():
+  ga = _grads(CONFIG, _init(CONFIG))
+  gb = _grads(CONFIG.replace(remat=True), _init(CONFIG))
+  for a, b in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+  norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(ga)]
+  assert all(np.isfinite(norms)) and sum(norms) > 0
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(scan_layers=True), dict(pre_norm=True),
+                                       dict(positional="learned", share_embeddings=False)])
+def test_cached_decoding_equals_full_forward(overrides):
+  config = _config(**overrides)
+  model = Transformer(config)
+  params = _init(config)
+  full = _apply(config, params, SRC, TGT)
+  encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
+  cache = model.init(jax.random.key(0), encoded, SRC, jnp.zeros_like(TGT), decode=True,
+                     method=Transformer.decode)["cache"]
+  step_fn = jax.jit(functools.partial(model.apply, decode=True, method=Transformer.decode,
+                                      mutable=["cache"]))
+  for t in range(TGT.shape[1]):
+    step, updates = step_fn({"params": params, "cache": cache}, encoded, SRC, TGT[:, t:t + 1])
+    cache = updates["cache"]
+    real = TGT[:, t] != 0  # Padding queries differ (cached keys include earlier padding).
+    np.testing.assert_allclose(step[real, 0], full[real, t], atol=1e-5)
+
+
+def test_variants():
+  pre = _config(pre_norm=True)
+  assert "final_norm" in _init(pre)["encoder"] and "final_norm" not in _init(CONFIG)["encoder"]
+  assert not np.allclose(_apply(pre, _init(pre), SRC, TGT), _apply(CONFIG, _init(pre), SRC, TGT))
+  learned = _config(positional="learned", share_embeddings=False)
+  params = _init(learned)
+  assert params["encoder"]["embedder"]["positional"]["pos_embedding"].shape == (256, 32)
+  assert {"src_embedding", "tgt_embedding"} <= set(params["encoder"]) | set(params["decoder"])
+  assert "output_projection" in params["decoder"]
+  gelu = _config(activation="gelu")
+  out = _apply(gelu, _init(CONFIG), SRC, TGT)
+  assert np.isfinite(np.asarray(out)).all()
+  assert not np.allclose(out, _apply(CONFIG, _init(CONFIG), SRC, TGT))
+
+
+def test_bad_inputs_raise_clear_errors():
+  model, params = Transformer(CONFIG), _init(CONFIG)
+  with pytest.raises(ValueError, match="batch, length"):
+    model.apply({"params": params}, SRC[0], TGT)
+  with pytest.raises(ValueError, match="integer"):
+    model.apply({"params": params}, SRC.astype(np.float32), TGT)
+  with pytest.raises(ValueError, match="max_len"):
+    Transformer(_config(positional="learned", max_len=8)).init(
+        jax.random.key(0), np.ones((1, 9), np.int32), TGT)
