@@ -133,20 +133,31 @@ def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
   return cfg.attention_impl  # "xla" or "cudnn"
 
 
-def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: Array | None,
-                    *, dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
-  """softmax(QK^T / sqrt(d_k)) V with float32 logits and softmax, and optional attention dropout."""
+def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None) -> Array:
+  """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`."""
   scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
   logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
                               preferred_element_type=jnp.float32) * scale
   if mask is not None:
     # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
     logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+  return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float,
+            dropout_rng: Array | None) -> Array:
+  """The weighted sum of values `[B, T, H, K]`, with optional dropout on the weights."""
   if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhts,bshk->bthk", probs.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
+    probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: Array | None,
+                    *, dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
+  """softmax(QK^T / sqrt(d_k)) V with float32 logits and softmax, and optional attention dropout."""
+  probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
+  return _attend(probs_BxHxTxS, v_BxSxHxK, dropout_rate, dropout_rng)
 
 
 class MultiHeadAttention(nn.Module):
@@ -156,6 +167,10 @@ class MultiHeadAttention(nn.Module):
   With `decode=True` (causal self-attention, one new token per call), keys and values are
   appended to a cache in the "cache" collection, sized by the first (initializing) call, and
   the mask is built from the cache position.
+
+  The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
+  weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
+  (for attention plots); the fused path does no extra work.
   """
 
   config: TransformerConfig
@@ -177,8 +192,9 @@ class MultiHeadAttention(nn.Module):
     rate = cfg.attention_dropout_rate
     if cfg.attention_impl == "plain" or (rate > 0.0 and not deterministic):
       rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
-      out_BxTxHxK = plain_attention(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask,
-                                    dropout_rate=rate, dropout_rng=rng)
+      probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
+      self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
+      out_BxTxHxK = _attend(probs_BxHxTxS, v_BxSxHxK, rate, rng)
     else:
       out_BxTxHxK = jax.nn.dot_product_attention(
           q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
@@ -287,7 +303,7 @@ def _layer_stack(cfg: TransformerConfig, layer_cls, num_layers: int, num_args: i
   if cfg.remat:
     layer_cls = nn.remat(layer_cls, static_argnums=static_argnums, prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
-    return nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+    return nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
                    split_rngs={"params": True, "dropout": True},
                    in_axes=(nn.broadcast,) * num_args, length=num_layers)
   return layer_cls
@@ -328,7 +344,9 @@ class Decoder(nn.Module):
   """Embeds the shifted target and applies N decoder layers, then the output projection.
 
   Returns float32 logits `[B, T, V]`. With `decode=True`, `tgt_in` is one token per row
-  `[B, 1]`, its position is read from (and advanced in) the cache unless given.
+  `[B, 1]`, its position is read from (and advanced in) the cache unless given. The cache also
+  remembers which fed tokens were padding, so that they are masked as keys exactly as in the
+  full forward pass (a decoder may generate `pad_id`).
   """
 
   config: TransformerConfig
@@ -341,12 +359,19 @@ class Decoder(nn.Module):
     cfg = self.config
     embed = self.embed if self.embed is not None else SharedEmbedding(cfg, name="tgt_embedding")
     if decode:
+      is_initialized = self.has_variable("cache", "position")
       position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+      key_valid_BxL = self.variable("cache", "key_valid", jnp.zeros, tgt_in.shape, bool)
+      index = position.value
       if tgt_positions is None:
-        tgt_positions = jnp.broadcast_to(position.value, tgt_in.shape)
-      if self.has_variable("cache", "position") and not self.is_initializing():
-        position.value = position.value + 1
-      self_mask = None  # The causal mask comes from the cache index.
+        tgt_positions = jnp.broadcast_to(index, tgt_in.shape)
+      self_mask = None  # The initializing call only sizes the cache.
+      if is_initialized:
+        # The causal part of the mask comes from the cache index; padding keys are masked here.
+        key_valid_BxL.value = jax.lax.dynamic_update_slice(
+            key_valid_BxL.value, tgt_in != cfg.pad_id, (0, index))
+        position.value = index + 1
+        self_mask = key_valid_BxL.value[:, None, None, :]
     else:
       if tgt_positions is None:
         tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
