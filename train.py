@@ -13,9 +13,24 @@ from ml_collections import config_flags
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
-config_flags.DEFINE_config_file(
-    "config", os.path.join(_HERE, "configs", "default.py"),
-    "Experiment config file; override fields with --config.KEY=VALUE.", lock_config=True)
+
+
+def _unknown_key(error, argv):
+  """A one-line error (exit 2) for a --config.KEY override naming no field of the config."""
+  key = str(error).strip("\"'")
+  given = [a for a in argv[1:] if a.startswith("--config.") and key in a]
+  print(f"error: {given[0] if given else key}: the config has no key {key!r}. Check the "
+        "spelling against the config file (every field is listed there with a comment).",
+        file=sys.stderr)
+  sys.exit(2)
+
+
+try:  # config_flags already applies the overrides in sys.argv here.
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(_HERE, "configs", "default.py"),
+      "Experiment config file; override fields with --config.KEY=VALUE.", lock_config=True)
+except (AttributeError, KeyError) as e:
+  _unknown_key(e, sys.argv)
 flags.DEFINE_string("workdir", None, "Checkpoints, tokenizer, metrics and plots go here "
                     "(default: runs/<config name>).")
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
@@ -45,6 +60,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]} (use --config.KEY=VALUE).")
   logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
   _initialize_distributed()
   from transformer_jax import train_lib
 
@@ -63,5 +79,17 @@ def main(argv):
     print(line)
 
 
+def _parse_flags(argv):
+  """absl flag parsing, with a one-line error for a config key that does not exist."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    _unknown_key(e, argv)
+  except config_flags.config_flags.FlagOrderError as e:
+    print(f"error: {e}: put --config=FILE before the --config.KEY=VALUE overrides.",
+          file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -217,6 +217,8 @@ def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any
   workdir = os.path.abspath(workdir)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
+  # Fail on a bad model block now, before the (possibly long) data preparation.
+  build_model_config(config.model, vocab_size=max(config.data.vocab_size, 3), bos_id=1, eos_id=2)
   data = data_lib.create_datasets(config.data, workdir, seed=config.seed,
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count())
@@ -269,46 +271,47 @@ def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any
   progress = _progress_bar(start_step, num_steps, is_main)
   tokens, t0 = 0.0, time.perf_counter()
   step = start_step
-  with _Preemption() as preemption:
-    for step in range(start_step + 1, num_steps + 1):
-      batch = sharding.global_batch(_select(next(data.train_iter)), mesh)
-      state, metrics = p_train_step(state, batch)
-      pending.append({"step": step, **metrics})
-      is_last = step == num_steps
-      stop = preemption.requested()
-      if step % config.log_every_steps == 0 or is_last or stop:
-        fetched = jax.device_get(pending)
-        pending = []
-        _check_finite(fetched, step, last_saved, workdir)
-        tokens += sum(float(m["num_tokens"]) for m in fetched)
-        elapsed = time.perf_counter() - t0
-        final = {k: float(v) for k, v in fetched[-1].items() if k != "step"}
-        final["tokens_per_sec"] = tokens / max(elapsed, 1e-9)
-        final["train_loss"] = float(np.mean([m["train_loss"] for m in fetched]))
-        writer.write(step, final)
-        progress.set_postfix(loss=f"{final['train_loss']:.3f}",
-                             lr=f"{final['learning_rate']:.2e}",
-                             tok_s=f"{final['tokens_per_sec']:.0f}")
-        tokens, t0 = 0.0, time.perf_counter()
-      progress.update(1)
-      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-        eval_metrics = evaluate(p_eval_step, state.params, data.eval_batches(), mesh)
-        if eval_hook is not None:
-          eval_metrics.update(eval_hook(state.params, model, data, step))
-        writer.write(step, eval_metrics)
-        final.update(eval_metrics)
-        log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
-        t0 = time.perf_counter()  # Evaluation time is not training throughput.
-      if step % config.checkpoint_every_steps == 0 or is_last or stop:
-        _check_finite(jax.device_get(pending), step, last_saved, workdir)
-        if ckpt.save(step, state, data.train_iter.get_state(), config_dict):
-          last_saved = step
-      if stop:
-        log.warning("Stopped by signal at step %d; checkpoint saved.", step)
-        break
-  progress.close()
-  ckpt.close()
-  writer.close()
+  try:
+    with _Preemption() as preemption:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = sharding.global_batch(_select(next(data.train_iter)), mesh)
+        state, metrics = p_train_step(state, batch)
+        pending.append({"step": step, **metrics})
+        is_last = step == num_steps
+        stop = preemption.requested()
+        if step % config.log_every_steps == 0 or is_last or stop:
+          fetched = jax.device_get(pending)
+          pending = []
+          _check_finite(fetched, step, last_saved, workdir)
+          tokens += sum(float(m["num_tokens"]) for m in fetched)
+          final = {k: float(v) for k, v in fetched[-1].items() if k != "step"}
+          final["train_loss"] = float(np.mean([m["train_loss"] for m in fetched]))
+          final["tokens_per_sec"] = tokens / max(time.perf_counter() - t0, 1e-9)
+          writer.write(step, final)
+          progress.set_postfix(loss=f"{final['train_loss']:.3f}",
+                               lr=f"{final['learning_rate']:.2e}",
+                               tok_s=f"{final['tokens_per_sec']:.0f}")
+          tokens, t0 = 0.0, time.perf_counter()
+        progress.update(1)
+        if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
+          eval_metrics = evaluate(p_eval_step, state.params, data.eval_batches(), mesh)
+          if eval_hook is not None:
+            eval_metrics.update(eval_hook(state.params, model, data, step))
+          writer.write(step, eval_metrics)
+          final.update(eval_metrics)
+          log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
+          t0 = time.perf_counter()  # Evaluation time is not training throughput.
+        if step % config.checkpoint_every_steps == 0 or is_last or stop:
+          _check_finite(jax.device_get(pending), step, last_saved, workdir)
+          if ckpt.save(step, state, data.train_iter.get_state(), config_dict):
+            last_saved = step
+        if stop:
+          log.warning("Stopped by signal at step %d; checkpoint saved.", step)
+          break
+  finally:  # Whatever happens, finish the saves already started and flush the metrics.
+    progress.close()
+    ckpt.close()
+    writer.close()
   if is_main:
     monitoring.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
   final["step"] = step
