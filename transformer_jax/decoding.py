@@ -1,0 +1,347 @@
+"""Key/value-cached greedy and beam search, each compiled end to end as one `lax.while_loop`.
+
+Shape legend as in `model.py`, plus N beam size (K is taken by head_dim).
+
+The encoder runs once; the decoder is fed one token per step and keeps its keys and values in
+the "cache" collection (`Transformer.decode(..., decode=True)`). Both searches stop as soon as
+every row is done, and a row that is done is frozen, so that a row decodes in a padded batch
+exactly as it would alone. The compiled functions are module-level `jax.jit`s keyed on the
+config and the static lengths, so repeated calls with the same shapes do not recompile.
+
+Generated tokens exclude BOS, include EOS, and are `pad_id` after it. Nothing but EOS (before
+`min_len`) is ever forbidden: the searches follow the model's distribution over the whole
+vocabulary, as an argmax loop or an exhaustive search over the full forward pass would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transformer_jax.config import TransformerConfig
+from transformer_jax.model import Transformer
+
+Array = jax.Array
+
+EXTRA_LENGTH = 50  # Section 6.1: maximum output length = input length + 50.
+_NEG_INF = -jnp.inf
+
+
+def length_penalty(length: Any, alpha: Any) -> Any:
+  """GNMT's length penalty ((5 + length) / 6)^alpha (Wu et al., 2016); scores divide by it."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def greedy_search(model: Transformer, params: Any, src: Any, *, max_len: int | None = None,
+                  min_len: int = 0, return_steps: bool = False):
+  """Greedy (argmax) decoding of a batch of sources.
+
+  Args:
+    model: The `Transformer` (its config is what matters).
+    params: Its parameters: the "params" collection, or `{"params": ...}`.
+    src: Source ids `[B, S]`, padded with `pad_id`.
+    max_len: Most tokens to generate, EOS included. Default: each row's own source length
+      (non-pad tokens) + 50, with `T = S + 50`.
+    min_len: No EOS among the first `min_len` generated tokens.
+    return_steps: Also return how many decoder steps the loop ran (for tests and benchmarks).
+
+  Returns:
+    int32 tokens `[B, T]` (T = max_len), `pad_id` after EOS; with `return_steps`, a pair
+    (tokens, steps).
+  """
+  config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
+  tokens_BxT, steps = _greedy(params, src, limit_B, np.int32(min_len), config=config,
+                              max_len=length)
+  return (tokens_BxT, steps) if return_steps else tokens_BxT
+
+
+def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4,
+                alpha: float = 0.6, max_len: int | None = None, min_len: int = 0,
+                return_steps: bool = False):
+  """Beam search with GNMT's length penalty, as in section 6.1 of the paper (beam 4, alpha 0.6).
+
+  Every step, each of the `beam_size` alive hypotheses is extended by EOS (a finished candidate,
+  scored `sum log p / length_penalty(length, alpha)` with EOS counted in the length) and by every
+  other token (alive candidates, ranked by `sum log p`). The best `beam_size` of each are kept. A
+  row is done when no alive hypothesis can still beat its worst finished one, or at `max_len`.
+  Hypotheses that reach `max_len` without EOS are unfinished; they are returned only for rows
+  without any finished hypothesis (scored with length `max_len`).
+
+  Args:
+    model: The `Transformer` (its config is what matters).
+    params: Its parameters: the "params" collection, or `{"params": ...}`.
+    src: Source ids `[B, S]`, padded with `pad_id`.
+    beam_size: Number of hypotheses kept per row.
+    alpha: Length penalty exponent (0: plain sum of log-probabilities).
+    max_len: Most tokens to generate, EOS included. Default: each row's own source length
+      (non-pad tokens) + 50, with `T = S + 50`.
+    min_len: No EOS among the first `min_len` generated tokens.
+    return_steps: Also return how many decoder steps the loop ran (for tests and benchmarks).
+
+  Returns:
+    (tokens int32 `[B, N, T]`, scores float32 `[B, N]`), best first; tokens are `pad_id` after
+    EOS. Slots beyond the number of possible hypotheses score -inf and hold only padding. With
+    `return_steps`, a triple (tokens, scores, steps).
+  """
+  if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+    raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+  if not np.isfinite(alpha):
+    raise ValueError(f"alpha (the length penalty exponent) must be finite, got {alpha!r}.")
+  config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
+  tokens_BxNxT, scores_BxN, steps = _beam(params, src, limit_B, np.int32(min_len),
+                                          np.float32(alpha), config=config,
+                                          beam_size=int(beam_size), max_len=length)
+  if return_steps:
+    return tokens_BxNxT, scores_BxN, steps
+  return tokens_BxNxT, scores_BxN
+
+
+def ids_until_eos(tokens: Any, *, eos_id: int, pad_id: int = 0) -> list:
+  """Token arrays (`[T]`, `[B, T]`, `[B, N, T]`, ...) -> nested lists of ids before the first EOS.
+
+  EOS and everything after it are dropped, and so is `pad_id` anywhere (an untrained model may
+  generate it).
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim == 0:
+    raise ValueError("ids_until_eos takes an array of token ids with at least one axis, "
+                     f"got a scalar {tokens!r}.")
+  if tokens.ndim > 1:
+    return [ids_until_eos(row, eos_id=eos_id, pad_id=pad_id) for row in tokens]
+  ids = []
+  for token in tokens.tolist():
+    if token == eos_id:
+      break
+    if token != pad_id:
+      ids.append(token)
+  return ids
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def _prepare(model, params, src, max_len, min_len):
+  """Checks the arguments; returns (config, params, src, per-row limits, buffer length T)."""
+  config = getattr(model, "config", None)
+  if not isinstance(config, TransformerConfig):
+    raise ValueError(f"model must be a transformer_jax.Transformer, got {type(model).__name__}.")
+  if isinstance(params, Mapping) and "params" in params:
+    params = params["params"]  # {"params": ...} as returned by `init`.
+  src = np.asarray(src) if not isinstance(src, jax.Array) else src
+  if src.ndim != 2 or not jnp.issubdtype(src.dtype, jnp.integer):
+    raise ValueError(f"src must be a [batch, length] integer array of token ids, got shape "
+                     f"{src.shape} and dtype {src.dtype}; for one sentence use src[None].")
+  if src.shape[0] == 0 or src.shape[1] == 0:
+    raise ValueError(f"src is empty (shape {src.shape}); give at least one row and one column.")
+  src = jnp.asarray(src, jnp.int32)
+  if max_len is None:
+    length = src.shape[1] + EXTRA_LENGTH
+    limit_B = jnp.sum(src != config.pad_id, axis=1, dtype=jnp.int32) + EXTRA_LENGTH
+  else:
+    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
+      raise ValueError(f"max_len must be a positive integer (or None for source length + "
+                       f"{EXTRA_LENGTH}), got {max_len!r}.")
+    length = int(max_len)
+    limit_B = jnp.full((src.shape[0],), length, jnp.int32)
+  if isinstance(min_len, bool) or not isinstance(min_len, (int, np.integer)) or min_len < 0:
+    raise ValueError(f"min_len must be a non-negative integer, got {min_len!r}.")
+  if min_len > length:
+    raise ValueError(f"min_len={min_len} exceeds max_len={length}: nothing could be generated.")
+  if config.positional == "learned" and length > config.max_len:
+    raise ValueError(f"Decoding up to {length} tokens needs positions beyond the learned table "
+                     f"(TransformerConfig.max_len={config.max_len}); pass a smaller max_len.")
+  return config, params, src, limit_B, length
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _init_cache(model: Transformer, encoded_BxSxD: Array, src_BxS: Array, length: int):
+  """An empty cache for `length` decoder steps (traced into the jit; its init ops are dead)."""
+  tgt_BxL = jnp.zeros((src_BxS.shape[0], length), jnp.int32)
+  return model.init(jax.random.key(0), encoded_BxSxD, src_BxS, tgt_BxL, decode=True,
+                    method=Transformer.decode)["cache"]
+
+
+def _decode_step(model, params, cache, encoded_BxSxD, src_BxS, tokens_B):
+  """One cached decoder step: float32 logits `[B, V]` for the next token, and the new cache."""
+  logits_Bx1xV, updates = model.apply({"params": params, "cache": cache}, encoded_BxSxD, src_BxS,
+                                      tokens_B[:, None], decode=True, method=Transformer.decode,
+                                      mutable=["cache"])
+  return logits_Bx1xV[:, 0], updates["cache"]
+
+
+def _mask_eos(scores_xV: Array, step: Array, min_len: Array, eos_id: int) -> Array:
+  """-inf for EOS while fewer than `min_len` tokens precede it."""
+  is_eos = jnp.arange(scores_xV.shape[-1]) == eos_id
+  return jnp.where(is_eos & (step < min_len), _NEG_INF, scores_xV)
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_len"))
+def _greedy(params, src_BxS, limit_B, min_len, *, config: TransformerConfig, max_len: int):
+  model = Transformer(config)
+  batch = src_BxS.shape[0]
+  encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
+  cache = _init_cache(model, encoded_BxSxD, src_BxS, max_len)
+
+  def done(step, finished_B):
+    return finished_B | (step >= limit_B)
+
+  def cond(state):
+    step, _, _, finished_B, _ = state
+    return (step < max_len) & ~jnp.all(done(step, finished_B))
+
+  def body(state):
+    step, tokens_BxT, last_B, finished_B, cache = state
+    logits_BxV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS, last_B)
+    next_B = jnp.argmax(_mask_eos(logits_BxV, step, min_len, config.eos_id), axis=-1)
+    next_B = next_B.astype(jnp.int32)
+    active_B = ~done(step, finished_B)
+    written_B = jnp.where(active_B, next_B, config.pad_id)
+    tokens_BxT = jax.lax.dynamic_update_slice(tokens_BxT, written_B[:, None], (0, step))
+    finished_B = finished_B | (active_B & (next_B == config.eos_id))
+    return step + 1, tokens_BxT, next_B, finished_B, cache
+
+  state = (jnp.array(0, jnp.int32), jnp.full((batch, max_len), config.pad_id, jnp.int32),
+           jnp.full((batch,), config.bos_id, jnp.int32), jnp.zeros((batch,), bool), cache)
+  steps, tokens_BxT, _, _, _ = jax.lax.while_loop(cond, body, state)
+  return tokens_BxT, steps
+
+
+# ----------------------------------------------------------------------------- beam search
+
+
+class _BeamState(NamedTuple):
+  step: Array                # Tokens generated so far (scalar).
+  alive_seqs_BxNxT: Array    # Unfinished hypotheses, best first.
+  alive_logprobs_BxN: Array  # Their summed log-probabilities (-inf: no hypothesis).
+  finished_seqs_BxNxT: Array
+  finished_scores_BxN: Array  # Length-penalized scores, best first (-inf: empty slot).
+  cache: Any                 # Decoder cache over the flattened batch B*N.
+
+
+def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
+  """x[b, origin[b, n], ...] for every b and n."""
+  index = origin_BxN.reshape(origin_BxN.shape + (1,) * (x_BxNx_.ndim - 2))
+  return jnp.take_along_axis(x_BxNx_, index, axis=1)
+
+
+def _reorder_cache(cache, origin_BxN: Array, config: TransformerConfig):
+  """Reorders every cache leaf along its flattened-batch axis to follow the surviving beams.
+
+  Scanned layers (`scan_layers=True`) keep their cache with a leading layer axis
+  `[layers, B*N, ...]`; everything else has the batch first. Counters have no batch axis.
+  """
+  batch, beams = origin_BxN.shape
+  flat_BN = (jnp.arange(batch)[:, None] * beams + origin_BxN).reshape(-1)
+
+  def reorder(path, leaf):
+    scanned = config.scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
+    axis = 1 if scanned else 0
+    if leaf.ndim <= axis:
+      return leaf  # cache_index / position counters.
+    if leaf.shape[axis] != batch * beams:
+      raise ValueError(f"Cache leaf {jax.tree_util.keystr(path)} of shape {leaf.shape} has no "
+                       f"batch*beams={batch * beams} axis at {axis}; the cache layout changed.")
+    return jnp.take(leaf, flat_BN, axis=axis)
+
+  return jax.tree_util.tree_map_with_path(reorder, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len"))
+def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig, beam_size: int,
+          max_len: int):
+  model = Transformer(config)
+  batch, beams, vocab = src_BxS.shape[0], beam_size, config.vocab_size
+  eos = config.eos_id
+  encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
+  # Beams are flattened into the batch: row b * N + n. The encoder ran once per source.
+  src_BNxS = jnp.repeat(src_BxS, beams, axis=0)
+  encoded_BNxSxD = jnp.repeat(encoded_BxSxD, beams, axis=0)
+  penalty = lambda length: length_penalty(jnp.asarray(length, jnp.float32), alpha)
+
+  def row_done(state: _BeamState) -> Array:
+    # Log-probabilities only fall as hypotheses grow, so an alive hypothesis finishing at some
+    # length in (step, limit] scores at most best_logprob / the largest penalty there.
+    largest_penalty = jnp.maximum(penalty(state.step + 1), penalty(limit_B))
+    bound_B = state.alive_logprobs_BxN[:, 0] / largest_penalty
+    cannot_improve_B = bound_B <= state.finished_scores_BxN[:, -1]
+    return (state.step >= limit_B) | cannot_improve_B
+
+  def cond(state: _BeamState) -> Array:
+    return (state.step < max_len) & ~jnp.all(row_done(state))
+
+  def body(state: _BeamState) -> _BeamState:
+    step = state.step
+    done_B = row_done(state)
+    last_BN = jax.lax.dynamic_index_in_dim(state.alive_seqs_BxNxT, step - 1, axis=2,
+                                           keepdims=False).reshape(-1)
+    last_BN = jnp.where(step == 0, config.bos_id, last_BN)
+    logits_BNxV, cache = _decode_step(model, params, state.cache, encoded_BNxSxD, src_BNxS,
+                                      last_BN)
+    logprobs_BxNxV = jax.nn.log_softmax(logits_BNxV, axis=-1).reshape(batch, beams, vocab)
+    logprobs_BxNxV = _mask_eos(logprobs_BxNxV, step, min_len, eos)
+
+    # Finished candidates: every alive hypothesis extended by EOS, merged with the finished.
+    new_scores_BxN = (state.alive_logprobs_BxN + logprobs_BxNxV[..., eos]) / penalty(step + 1)
+    new_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, step, jnp.full_like(new_scores_BxN, eos,
+                                                                           jnp.int32))
+    scores_Bx2N = jnp.concatenate([state.finished_scores_BxN, new_scores_BxN], axis=1)
+    seqs_Bx2NxT = jnp.concatenate([state.finished_seqs_BxNxT, new_seqs_BxNxT], axis=1)
+    finished_scores_BxN, best_BxN = jax.lax.top_k(scores_Bx2N, beams)  # Ties keep the older.
+    finished_seqs_BxNxT = _gather_beams(seqs_Bx2NxT, best_BxN)
+
+    # Alive candidates: every alive hypothesis extended by any token but EOS.
+    candidates_BxNxV = state.alive_logprobs_BxN[..., None] + logprobs_BxNxV.at[..., eos].set(
+        _NEG_INF)
+    alive_logprobs_BxN, flat_BxN = jax.lax.top_k(candidates_BxNxV.reshape(batch, -1), beams)
+    origin_BxN, token_BxN = flat_BxN // vocab, (flat_BxN % vocab).astype(jnp.int32)
+    alive_seqs_BxNxT = _set_step(_gather_beams(state.alive_seqs_BxNxT, origin_BxN), step,
+                                 token_BxN)
+    cache = _reorder_cache(cache, origin_BxN, config)
+
+    # Rows already done keep their hypotheses, so a row ends as it would alone.
+    keep = lambda old, new: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
+    return _BeamState(
+        step=step + 1,
+        alive_seqs_BxNxT=keep(state.alive_seqs_BxNxT, alive_seqs_BxNxT),
+        alive_logprobs_BxN=keep(state.alive_logprobs_BxN, alive_logprobs_BxN),
+        finished_seqs_BxNxT=keep(state.finished_seqs_BxNxT, finished_seqs_BxNxT),
+        finished_scores_BxN=keep(state.finished_scores_BxN, finished_scores_BxN),
+        cache=cache)
+
+  empty_BxNxT = jnp.full((batch, beams, max_len), config.pad_id, jnp.int32)
+  no_scores_BxN = jnp.full((batch, beams), _NEG_INF, jnp.float32)
+  state = _BeamState(
+      step=jnp.array(0, jnp.int32),
+      alive_seqs_BxNxT=empty_BxNxT,
+      alive_logprobs_BxN=no_scores_BxN.at[:, 0].set(0.0),  # One live hypothesis: BOS.
+      finished_seqs_BxNxT=empty_BxNxT,
+      finished_scores_BxN=no_scores_BxN,
+      cache=_init_cache(model, encoded_BNxSxD, src_BNxS, max_len))
+  state = jax.lax.while_loop(cond, body, state)
+
+  # Finished hypotheses whenever a row has one; otherwise its alive ones, of length limit.
+  has_finished_B = state.finished_scores_BxN[:, 0] > _NEG_INF
+  alive_scores_BxN = state.alive_logprobs_BxN / penalty(limit_B)[:, None]
+  scores_BxN = jnp.where(has_finished_B[:, None], state.finished_scores_BxN, alive_scores_BxN)
+  seqs_BxNxT = jnp.where(has_finished_B[:, None, None], state.finished_seqs_BxNxT,
+                         state.alive_seqs_BxNxT)
+  seqs_BxNxT = jnp.where((scores_BxN > _NEG_INF)[..., None], seqs_BxNxT, config.pad_id)
+  return seqs_BxNxT, scores_BxN, state.step
+
+
+def _set_step(seqs_BxNxT: Array, step: Array, tokens_BxN: Array) -> Array:
+  """seqs[:, :, step] = tokens."""
+  return jax.lax.dynamic_update_slice(seqs_BxNxT, tokens_BxN[..., None], (0, 0, step))
