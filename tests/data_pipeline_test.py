@@ -263,3 +263,19 @@ def test_create_datasets_synthetic(tmp_path):
   g = next(bundle.train_iter)
   np.testing.assert_array_equal(
       g["tgt_in"], np.concatenate([next(h.train_iter)["tgt_in"] for h in halves]))
+
+
+def test_eval_keeps_long_pairs_unless_eval_max_len(tmp_path):
+  data = tmp_path / "corpus"
+  write_corpus(data, PAIRS[:100], "train")
+  long_pair = (" ".join(["the big red house"] * 20), "a dog")
+  write_corpus(data, [PAIRS[0], long_pair, ("", "x")], "val")
+  bundle = create_datasets(data_config(data_dir=str(data)), tmp_path / "w", seed=0)
+  assert bundle.eval_sources == [PAIRS[0][0], long_pair[0]]  # The empty pair is dropped.
+  batch = next(iter(bundle.eval_batches()))
+  assert batch["src"].shape[1] > 32 and batch["src"].shape[1] % 8 == 0
+  limited = create_datasets(data_config(data_dir=str(data), eval_max_len=32), tmp_path / "w",
+                            seed=0)
+  assert limited.eval_sources == [PAIRS[0][0]]
+  with pytest.raises(ValueError, match="config.data.batch_size='8' should be of type int"):
+    create_datasets(data_config(batch_size="8"), tmp_path / "w", seed=0)

@@ -42,8 +42,10 @@ class DataConfig:
     vocab_size: Requested SentencePiece vocabulary size (shared by both languages).
     tokenizer_type: "bpe" (the paper's) or "unigram".
     tokenizer_max_sentences: Train the tokenizer on at most this many sentences.
-    max_len: Drop pairs with more than max_len tokens on a side, counting the EOS / BOS the model
-      adds (training and eval; counted in the log).
+    max_len: Drop training pairs with more than max_len tokens on a side, counting the EOS / BOS
+      the model adds (counted in the log).
+    eval_max_len: The same for eval pairs; 0 = keep every eval pair (BLEU on the whole set;
+      eval rows are as long as the longest eval pair).
     batch_size: Global rows per training batch (divisible by the process count).
     seq_len: Tokens per training row L (>= max_len).
     packing: First-fit pack several pairs per row (else one pair per row).
@@ -72,6 +74,7 @@ class DataConfig:
   tokenizer_type: str = "bpe"
   tokenizer_max_sentences: int = 2_000_000
   max_len: int = 256
+  eval_max_len: int = 0
   batch_size: int = 64
   seq_len: int = 256
   packing: bool = True
@@ -100,12 +103,15 @@ class DataConfig:
       if expected is int and isinstance(value, float) and value.is_integer():
         values[name] = int(value)
       elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-        raise ValueError(f"config.data.{name}={value!r} should be a {expected.__name__}.")
+        raise ValueError(f"config.data.{name}={value!r} should be of type {expected.__name__}.")
     c = cls(**values)
     c.validate()
     return c
 
   def validate(self) -> None:
+    if self.eval_max_len < 0:
+      raise ValueError(f"config.data.eval_max_len must be >= 0 (0 = no limit), got "
+                       f"{self.eval_max_len}.")
     for name in ("vocab_size", "max_len", "batch_size", "seq_len", "eval_batch_size"):
       if getattr(self, name) <= 0:
         raise ValueError(f"config.data.{name} must be positive, got {getattr(self, name)}.")
@@ -185,8 +191,8 @@ def create_datasets(data_config, workdir: str | os.PathLike, *, seed: int, proce
   else:
     train, eval_ = load_split(c, c.train_split), load_split(c, c.eval_split)
     name = os.path.basename(os.path.normpath(c.data_dir)) if c.data_dir else c.dataset
-  log.info("Corpus %s: %s train and %s eval pairs (%s -> %s).", name, f"{len(train):,}",
-           f"{len(eval_):,}", c.source_lang, c.target_lang)
+  log.info("Corpus %s: %s train and %s eval pairs%s.", name, f"{len(train):,}", f"{len(eval_):,}",
+           "" if name.startswith("synthetic") else f" ({c.source_lang} -> {c.target_lang})")
 
   tokenizer = _tokenizer(c, workdir, train)
   cache_dir = os.path.join(workdir, CACHE_DIR)
@@ -199,7 +205,8 @@ def create_datasets(data_config, workdir: str | os.PathLike, *, seed: int, proce
       process_sharding=c.process_sharding, packing_bins=c.packing_bins)
 
   eval_tokens = pipeline.tokenize_split(eval_, tokenizer, cache_dir, name=f"{c.eval_split}")
-  eval_keep = pipeline.filter_pairs(eval_tokens, c.max_len, name=f"{name} {c.eval_split}")
+  eval_keep = pipeline.filter_pairs(eval_tokens, c.eval_max_len or None,
+                                    name=f"{name} {c.eval_split}")
   if c.num_eval_examples >= 0:
     eval_keep = eval_keep[:c.num_eval_examples]
   sources, references = _texts(eval_, eval_keep)

@@ -136,16 +136,18 @@ def _flat_list_column(column) -> tuple[np.ndarray, np.ndarray]:
   return values, offsets
 
 
-def filter_pairs(tokens: TokenizedSplit, max_len: int, name: str = "split") -> np.ndarray:
+def filter_pairs(tokens: TokenizedSplit, max_len: int | None, name: str = "split") -> np.ndarray:
   """Indices of the pairs kept: both sides non-empty and at most `max_len` tokens with the
-  EOS / BOS the model adds (so `len(ids) + 1 <= max_len`). Drops are counted in the log.
+  EOS / BOS the model adds (so `len(ids) + 1 <= max_len`; None = any length). Drops are
+  counted in the log.
 
   Raises:
     ValueError: nothing is left.
   """
   src_len, tgt_len = tokens.src_lengths, tokens.tgt_lengths
   empty = (src_len == 0) | (tgt_len == 0)
-  too_long = ~empty & ((src_len + 1 > max_len) | (tgt_len + 1 > max_len))
+  limit = np.iinfo(np.int64).max if max_len is None else max_len
+  too_long = ~empty & ((src_len + 1 > limit) | (tgt_len + 1 > limit))
   keep = np.flatnonzero(~(empty | too_long))
   n = len(tokens)
   message = (f"{name}: kept {len(keep):,} of {n:,} pairs; dropped {int(empty.sum()):,} with an "
