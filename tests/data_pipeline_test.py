@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from transformer_jax.data import (BATCH_KEYS, Tokenizer, create_datasets, filter_pairs,
-                                  make_eval_batches, make_train_iterator, pipeline, synthetic,
+                                  make_eval_batches, make_train_iterator, synthetic,
                                   tokenize_split)
 
 BOS, EOS = 1, 2

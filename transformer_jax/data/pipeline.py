@@ -157,9 +157,9 @@ def filter_pairs(tokens: TokenizedSplit, max_len: int | None, name: str = "split
   else:
     log.info(message)
   if not len(keep):
+    longest = int(max(src_len.max(initial=0), tgt_len.max(initial=0)))
     raise ValueError(f"{message} No pair is left: check the corpus or raise data.max_len "
-                     f"(the longest pair has {int(max(src_len.max(initial=0), tgt_len.max(initial=0)))}"
-                     " tokens).")
+                     f"(the longest side has {longest} tokens without EOS).")
   return keep
 
 
