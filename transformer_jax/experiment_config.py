@@ -19,6 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_every_steps = 0          # ...plus every N-th step forever (0 = none).
   c.eval_bleu_examples = 0        # Decode this many eval sentences for eval_bleu (-1 = all).
   c.eval_beam_size = 4            # Beam size for eval_bleu (1 = greedy).
+  c.eval_bleu_tokenize = "13a"    # sacreBLEU tokenizer: 13a on raw text, "none" on tokenized text.
   c.num_sample_translations = 3   # Sample translations printed at the end.
   c.fsdp = False                  # Shard parameters and optimizer state over the data axis.
 

@@ -203,6 +203,32 @@ def evaluate(p_eval_step, params, eval_batches, mesh) -> dict[str, float]:
           "eval_accuracy": float(totals["correct_sum"]) / n}
 
 
+def _local_copy(params):
+  """A single-device copy of (replicated or FSDP-sharded) parameters, for host-side decoding."""
+  if jax.process_count() == 1:
+    return jax.tree.map(lambda x: jax.device_put(x, jax.local_devices()[0]), params)
+  from jax.experimental import multihost_utils
+  return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
+
+
+def translation_metrics(config, params, model: Transformer, data) -> tuple[dict, list[str]]:
+  """BLEU and chrF of the first `eval_bleu_examples` eval sentences, and a few sample lines."""
+  from transformer_jax import evaluation
+  n = config.get("eval_bleu_examples", 0)
+  if not n or not data.eval_sources:
+    return {}, []
+  sources = data.eval_sources if n < 0 else data.eval_sources[:n]
+  references = data.eval_references[:len(sources)]
+  beam = config.get("eval_beam_size", 4)
+  hypotheses, scores = evaluation.translate_and_score(
+      model, _local_copy(params), data.tokenizer, sources, references,
+      tokenize=config.get("eval_bleu_tokenize", "13a"), beam_size=max(beam, 1), greedy=beam <= 1)
+  samples = [f"  {s}\n  -> {h}\n     (reference: {r})" for s, h, r in
+             list(zip(sources, hypotheses, references))[:config.get("num_sample_translations", 3)]]
+  metrics = {"eval_bleu": scores["bleu"].score, "eval_chrf": scores["chrf"].score}
+  return metrics, samples
+
+
 def _select(batch):
   return {k: np.asarray(batch[k], np.int32) for k in BATCH_KEYS if k in batch}
 
@@ -210,7 +236,8 @@ def _select(batch):
 def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
-  `eval_hook(params, model, data, step) -> dict` adds metrics (e.g. BLEU) at eval steps.
+  At eval steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set;
+  `eval_hook(params, model, data, step) -> dict` adds more metrics.
   """
   from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets, grain).
 
@@ -295,6 +322,9 @@ def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any
         progress.update(1)
         if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
           eval_metrics = evaluate(p_eval_step, state.params, data.eval_batches(), mesh)
+          bleu, samples = translation_metrics(config, state.params, model, data)
+          eval_metrics.update(bleu)
+          final["samples"] = samples
           if eval_hook is not None:
             eval_metrics.update(eval_hook(state.params, model, data, step))
           writer.write(step, eval_metrics)
