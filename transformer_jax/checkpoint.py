@@ -139,9 +139,7 @@ def check_compatible(metadata, abstract_state, directory: str, step: int) -> Non
                      f"not have: it was written by a different configuration. {advice}")
 
 
-def load_params(workdir: str, step: int | None = None) -> tuple[dict, int, dict]:
-  """Only the model parameters of a checkpoint: `(params, step, config_dict)`, as numpy arrays."""
-  directory = checkpoint_dir(workdir)
+def _open_read_only(directory: str, workdir: str):
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir}: {directory} does not exist. Train "
                             "first with `python train.py --workdir ...`.")
@@ -149,14 +147,69 @@ def load_params(workdir: str, step: int | None = None) -> tuple[dict, int, dict]
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   steps = sorted(manager.all_steps())
   if not steps:
-    raise FileNotFoundError(f"{directory} holds no finished checkpoint.")
+    raise FileNotFoundError(f"{directory} holds no finished checkpoint. Train first (or longer).")
+  return manager, steps
+
+
+def _restore_params(manager, step: int) -> tuple[dict, dict]:
+  # Restore onto one local device whatever topology saved it (e.g. 8 training devices).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+  return jax.tree.map(np.asarray, restored["state"]["params"]), dict(restored["config"] or {})
+
+
+def load_params(workdir: str, step: int | None = None, *,
+                subdir: str = "checkpoints") -> tuple[dict, int, dict]:
+  """Only the model parameters of a checkpoint: `(params, step, config_dict)`, as numpy arrays.
+
+  `subdir="averaged"` reads the checkpoints written by `save_averaged`.
+  """
+  directory = os.path.join(os.path.abspath(workdir), subdir)
+  manager, steps = _open_read_only(directory, workdir)
   if step is None:
     step = steps[-1]
   elif step not in steps:
     raise ValueError(f"Step {step} has no checkpoint in {directory}; available: {steps}.")
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), config=ocp.args.JsonRestore()))
-  state = restored["state"]
-  params = jax.tree.map(np.asarray, state["params"])
+  params, config = _restore_params(manager, step)
   manager.close()
-  return params, step, dict(restored["config"] or {})
+  return params, step, config
+
+
+def average_params(workdir: str, num_last: int) -> tuple[dict, list[int], dict]:
+  """The mean of the parameters of the last `num_last` checkpoints (the paper averages 5 / 20)."""
+  manager, steps = _open_read_only(checkpoint_dir(workdir), workdir)
+  if num_last < 1:
+    raise ValueError(f"Average over at least one checkpoint, got {num_last}.")
+  if num_last > len(steps):
+    raise ValueError(f"Asked to average the last {num_last} checkpoints, but "
+                     f"{checkpoint_dir(workdir)} holds {len(steps)}: {steps}. Keep more "
+                     "(config.keep_checkpoints) or average fewer.")
+  chosen = steps[-num_last:]
+  total, config = None, {}
+  for step in chosen:
+    params, config = _restore_params(manager, step)
+    params = jax.tree.map(lambda x: x.astype(np.float64), params)
+    total = params if total is None else jax.tree.map(np.add, total, params)
+  manager.close()
+  mean = jax.tree.map(lambda x: (x / len(chosen)).astype(np.float32), total)
+  return mean, chosen, config
+
+
+def save_averaged(workdir: str, num_last: int) -> tuple[str, list[int]]:
+  """Writes the average of the last `num_last` checkpoints to `WORKDIR/averaged/<last step>`."""
+  params, chosen, config = average_params(workdir, num_last)
+  directory = os.path.join(os.path.abspath(workdir), "averaged")
+  manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  step = chosen[-1]
+  if step in manager.all_steps():
+    manager.delete(step)  # A newer average of the same last step replaces the old one.
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": params}),
+      data=ocp.args.JsonSave({"averaged_steps": chosen}), config=ocp.args.JsonSave(config)))
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(directory, str(step)), chosen

@@ -1,0 +1,76 @@
+"""translate.py and checkpoint averaging on a tiny trained workdir."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, stdin=None):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, input=stdin,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.eval_every_steps = 0
+  path = str(tmp_path_factory.mktemp("workdir"))
+  train_lib.train_and_evaluate(config, path)
+  return path
+
+
+def test_translate_cli_keeps_order_and_empty_lines_and_scores(workdir, tmp_path):
+  lines = ["2019-03-04", "", "1999-12-31", "2001-01-01"]
+  src = tmp_path / "src.txt"
+  src.write_text("\n".join(lines) + "\n")
+  out = tmp_path / "out.txt"
+  result = _run("translate.py", f"--workdir={workdir}", f"--input={src}", f"--output={out}",
+                "--beam_size=2")
+  assert result.returncode == 0, result.stderr
+  hypotheses = out.read_text().split("\n")[:-1]
+  assert len(hypotheses) == 4 and hypotheses[1] == ""
+  # Scoring the output against itself gives 100, through stdin / stdout this time.
+  result = _run("translate.py", f"--workdir={workdir}", f"--reference={out}", "--beam_size=2",
+                "--checkpoint=average:2", stdin=src.read_text())
+  assert result.returncode == 0, result.stderr
+  assert "BLEU" in result.stderr and "chrF" in result.stderr and "nrefs:1" in result.stderr
+  assert result.stdout.split("\n")[1] == ""
+
+
+def test_translate_cli_errors(tmp_path, workdir):
+  result = _run("translate.py", f"--workdir={tmp_path / 'missing'}")
+  assert result.returncode == 1 and "does not exist" in result.stderr
+  result = _run("translate.py", f"--workdir={workdir}", "--input=/no/such/file")
+  assert result.returncode == 1 and "/no/such/file" in result.stderr
+  result = _run("translate.py", f"--workdir={tmp_path}", stdin="x\n")
+  assert result.returncode == 1 and "tokenizer.model" in result.stderr
+
+
+def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
+  a, step_a, _ = checkpoint_lib.load_params(workdir, 10)
+  b, step_b, _ = checkpoint_lib.load_params(workdir, 20)
+  mean, steps, config = checkpoint_lib.average_params(workdir, 2)
+  assert steps == [10, 20] and config["model"]["d_model"] == 32
+  key = ("shared_embedding", "embedding")
+  np.testing.assert_allclose(mean[key[0]][key[1]], (a[key[0]][key[1]] + b[key[0]][key[1]]) / 2,
+                             rtol=1e-6)
+  path, steps = checkpoint_lib.save_averaged(workdir, 2)
+  assert path.endswith(os.path.join("averaged", "20"))
+  written, step, _ = checkpoint_lib.load_params(workdir, subdir="averaged")
+  assert step == 20
+  np.testing.assert_allclose(written[key[0]][key[1]], mean[key[0]][key[1]])
+  with pytest.raises(ValueError, match="holds 2"):
+    checkpoint_lib.average_params(workdir, 5)

@@ -1,0 +1,124 @@
+"""Translate with a trained workdir: `python translate.py --workdir W [--input F] [--reference R]`.
+
+Reads W/tokenizer.model and a checkpoint (`--checkpoint latest | STEP | average:N | averaged`),
+translates one sentence per line (stdin by default) with beam search, writes the translations in
+input order (stdout by default), and with `--reference` prints sacreBLEU and chrF.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and checkpoints/).",
+                    required=True)
+flags.DEFINE_string("checkpoint", "latest", "latest, a step number, average:N (mean of the last N "
+                    "checkpoints), or averaged (the newest one written by average_checkpoints.py).")
+flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin).")
+flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdout).")
+flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
+flags.DEFINE_float("alpha", 0.6, "Length penalty exponent ((5 + len) / 6)^alpha.")
+flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
+flags.DEFINE_integer("max_extra_len", 50, "Generate at most source length + this many tokens.")
+flags.DEFINE_string("reference", None, "Reference translations: print BLEU and chrF.")
+flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for already tokenized "
+                    "text (the paper-style tokenized BLEU, e.g. Multi30k's tok/ files).")
+flags.DEFINE_bool("lowercase", False, "Case-insensitive BLEU/chrF.")
+flags.DEFINE_string("attention_plot", None, "Also write a PNG of the encoder-decoder attention "
+                    "of the first non-empty input line and its translation.")
+flags.DEFINE_integer("attention_layer", -1, "Decoder layer to plot (-1 = last).")
+flags.DEFINE_integer("attention_head", -1, "Head to plot (-1 = mean over heads).")
+FLAGS = flags.FLAGS
+
+
+def _read_lines(path):
+  if path == "-":
+    return sys.stdin.read().splitlines()
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--input/--reference file {path} does not exist.")
+  with open(path, encoding="utf-8") as f:
+    return f.read().splitlines()
+
+
+def load_translator(workdir, checkpoint="latest"):
+  """(model, params, tokenizer, description) for a trained workdir."""
+  from transformer_jax import checkpoint as checkpoint_lib
+  from transformer_jax import Transformer
+  from transformer_jax.data import Tokenizer
+  from transformer_jax.train_lib import build_model_config
+
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
+  tokenizer_path = os.path.join(workdir, "tokenizer.model")
+  if not os.path.isfile(tokenizer_path):
+    raise FileNotFoundError(f"{tokenizer_path} is missing: is {workdir} a training workdir?")
+  if checkpoint == "latest":
+    params, step, config = checkpoint_lib.load_params(workdir)
+    what = f"checkpoint {step}"
+  elif checkpoint == "averaged":
+    params, step, config = checkpoint_lib.load_params(workdir, subdir="averaged")
+    what = f"averaged checkpoint ending at {step}"
+  elif checkpoint.startswith("average:"):
+    params, steps, config = checkpoint_lib.average_params(workdir, int(checkpoint.split(":")[1]))
+    what = f"average of checkpoints {steps}"
+  elif checkpoint.isdigit():
+    params, step, config = checkpoint_lib.load_params(workdir, int(checkpoint))
+    what = f"checkpoint {step}"
+  else:
+    raise ValueError(f"--checkpoint={checkpoint!r}: use latest, a step, average:N or averaged.")
+  tokenizer = Tokenizer.load(tokenizer_path)
+  model_config = build_model_config(config["model"], vocab_size=tokenizer.vocab_size,
+                                    bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
+  return Transformer(model_config), params, tokenizer, what
+
+
+def main(argv):
+  del argv
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+  from transformer_jax import evaluation
+
+  try:
+    model, params, tokenizer, what = load_translator(FLAGS.workdir, FLAGS.checkpoint)
+    lines = _read_lines(FLAGS.input)
+    references = _read_lines(FLAGS.reference) if FLAGS.reference else None
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  if references is not None and len(references) != len(lines):
+    print(f"error: {FLAGS.reference} has {len(references)} lines but the input has {len(lines)}: "
+          "they must be line-aligned.", file=sys.stderr)
+    sys.exit(1)
+  print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
+  longest = max((len(tokenizer.encode(line)) for line in lines), default=0)
+  hypotheses = evaluation.translate(
+      model, params, tokenizer, lines, beam_size=max(FLAGS.beam_size, 1), alpha=FLAGS.alpha,
+      greedy=FLAGS.beam_size <= 1, batch_tokens=FLAGS.batch_tokens,
+      max_len=longest + 1 + FLAGS.max_extra_len, progress=True)
+  text = "".join(h + "\n" for h in hypotheses)
+  if FLAGS.output == "-":
+    sys.stdout.write(text)
+  else:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
+      f.write(text)
+  if references is not None:
+    scores = evaluation.corpus_scores(hypotheses, references, tokenize=FLAGS.bleu_tokenize,
+                                      lowercase=FLAGS.lowercase)
+    for score in scores.values():
+      print(score.details, file=sys.stderr)
+  if FLAGS.attention_plot:
+    from transformer_jax import plotting
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is not None:
+      src_ids = tokenizer.encode(lines[first]) + [tokenizer.eos_id]
+      tgt_ids = tokenizer.encode(hypotheses[first]) + [tokenizer.eos_id]
+      pieces = lambda ids: [tokenizer.id_to_piece(i) for i in ids]
+      plotting.plot_cross_attention(
+          model, params, src_ids, tgt_ids, FLAGS.attention_plot, src_labels=pieces(src_ids),
+          tgt_labels=pieces(tgt_ids), layer=FLAGS.attention_layer,
+          head=None if FLAGS.attention_head < 0 else FLAGS.attention_head)
+      print(f"Attention map written to {FLAGS.attention_plot}.", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
