@@ -19,7 +19,6 @@ flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdou
 flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
 flags.DEFINE_float("alpha", 0.6, "Length penalty exponent ((5 + len) / 6)^alpha.")
 flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
-flags.DEFINE_integer("max_extra_len", 50, "Generate at most source length + this many tokens.")
 flags.DEFINE_string("reference", None, "Reference translations: print BLEU and chrF.")
 flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for already tokenized "
                     "text (the paper-style tokenized BLEU, e.g. Multi30k's tok/ files).")
@@ -90,11 +89,10 @@ def main(argv):
           "they must be line-aligned.", file=sys.stderr)
     sys.exit(1)
   print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
-  longest = max((len(tokenizer.encode(line)) for line in lines), default=0)
+  # Each sentence may grow to its own source length + 50 tokens, as in the paper.
   hypotheses = evaluation.translate(
       model, params, tokenizer, lines, beam_size=max(FLAGS.beam_size, 1), alpha=FLAGS.alpha,
-      greedy=FLAGS.beam_size <= 1, batch_tokens=FLAGS.batch_tokens,
-      max_len=longest + 1 + FLAGS.max_extra_len, progress=True)
+      greedy=FLAGS.beam_size <= 1, batch_tokens=FLAGS.batch_tokens, progress=True)
   text = "".join(h + "\n" for h in hypotheses)
   if FLAGS.output == "-":
     sys.stdout.write(text)
