@@ -125,11 +125,11 @@ def test_eval_batches_keep_every_example_in_order(tokens):
       np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]))
 
 
-@pytest.mark.parametrize("packing", [True, False])
-def test_resume_yields_identical_batches(tokens, packing):
+@pytest.mark.parametrize("packing,prefetch", [(True, 2), (True, 0), (False, 2)])
+def test_resume_yields_identical_batches(tokens, packing, prefetch):
   keep = filter_pairs(tokens, 32)
   make = lambda: make_train_iterator(tokens, keep, bos_id=BOS, eos_id=EOS, batch_size=8,
-                                     seq_len=32, packing=packing, seed=7)
+                                     seq_len=32, packing=packing, seed=7, prefetch=prefetch)
   it = make()
   for _ in range(13):  # Beyond one epoch (~400 pairs): reshuffled second epoch.
     next(it)
@@ -141,6 +141,8 @@ def test_resume_yields_identical_batches(tokens, packing):
     got = next(resumed)
     for k in BATCH_KEYS:
       np.testing.assert_array_equal(got[k], want[k])
+  it.set_state(state)  # Rewinding a running iterator works too.
+  np.testing.assert_array_equal(next(it)["src"], expected[0]["src"])
   with pytest.raises(ValueError, match="data-iterator state"):
     resumed.set_state({"nonsense": 1})
 

@@ -50,6 +50,7 @@ class DataConfig:
     seq_len: Tokens per training row L (>= max_len).
     packing: First-fit pack several pairs per row (else one pair per row).
     packing_bins: Rows packed at once (0 = max(rows per batch, 256)).
+    prefetch: Training batches prepared ahead in a background thread (0 = none).
     eval_batch_size: Global rows per eval batch (divisible by the process count).
     num_eval_examples: Use the first N eval pairs (-1 = all).
     process_sharding: "shard": each process reads its own examples; "rows": every process
@@ -79,6 +80,7 @@ class DataConfig:
   seq_len: int = 256
   packing: bool = True
   packing_bins: int = 0
+  prefetch: int = 2
   eval_batch_size: int = 64
   num_eval_examples: int = -1
   process_sharding: str = "shard"
@@ -109,6 +111,9 @@ class DataConfig:
     return c
 
   def validate(self) -> None:
+    for name in ("packing_bins", "prefetch"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"config.data.{name} must be >= 0, got {getattr(self, name)}.")
     if self.eval_max_len < 0:
       raise ValueError(f"config.data.eval_max_len must be >= 0 (0 = no limit), got "
                        f"{self.eval_max_len}.")
@@ -202,7 +207,7 @@ def create_datasets(data_config, workdir: str | os.PathLike, *, seed: int, proce
       train_tokens, train_keep, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
       batch_size=c.batch_size, seq_len=c.seq_len, packing=c.packing, seed=seed,
       process_index=process_index, process_count=process_count,
-      process_sharding=c.process_sharding, packing_bins=c.packing_bins)
+      process_sharding=c.process_sharding, packing_bins=c.packing_bins, prefetch=c.prefetch)
 
   eval_tokens = pipeline.tokenize_split(eval_, tokenizer, cache_dir, name=f"{c.eval_split}")
   eval_keep = pipeline.filter_pairs(eval_tokens, c.eval_max_len or None,

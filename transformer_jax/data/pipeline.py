@@ -16,10 +16,13 @@ segment masks keep every example to itself. Evaluation batches hold one example 
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import hashlib
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -203,6 +206,7 @@ class TrainIterator:
     self._iter = iter(dataset)
     self._rows = rows
     self._signature = signature
+    _OPEN_ITERATORS.add(self)
 
   def __iter__(self) -> TrainIterator:
     return self
@@ -210,6 +214,11 @@ class TrainIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     batch = next(self._iter)
     return {k: batch[k][self._rows] for k in BATCH_KEYS}
+
+  def close(self) -> None:
+    """Stops the prefetch thread."""
+    if self._iter is not None:
+      self._iter.close()
 
   def get_state(self) -> dict[str, Any]:
     return {"version": _STATE_VERSION, "pipeline": dict(self._signature),
@@ -230,11 +239,24 @@ class TrainIterator:
                        f"settings changed: {changed}. Restore them, or start a new workdir.") from e
 
 
+# Grain's iterators close themselves in __del__, which fails noisily when it runs during
+# interpreter teardown; release them (and their prefetch threads) at exit, while modules exist.
+_OPEN_ITERATORS: weakref.WeakSet[TrainIterator] = weakref.WeakSet()
+
+
+@atexit.register
+def _release_iterators():
+  for it in list(_OPEN_ITERATORS):
+    it.close()
+    it._iter = it._dataset = None  # pylint: disable=protected-access
+  gc.collect()
+
+
 def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: int, eos_id: int,
                         batch_size: int, seq_len: int, packing: bool = True, seed: int = 0,
                         process_index: int = 0, process_count: int = 1,
                         process_sharding: str = "shard", packing_bins: int = 0,
-                        num_epochs: int | None = None) -> TrainIterator:
+                        num_epochs: int | None = None, prefetch: int = 2) -> TrainIterator:
   """Shuffled (reseeded every epoch), infinitely repeated, packed or padded batches.
 
   Args:
@@ -252,6 +274,8 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
       pack tighter.
     num_epochs: None = repeat forever (training); N = stop after N epochs, the last batch
       completed with empty rows (for tests and benchmarks).
+    prefetch: Batches prepared ahead in a background thread while the model trains (0 = off);
+      the saved state still points just after the last batch handed out.
   """
   if process_sharding not in ("shard", "rows"):
     raise ValueError(f"data.process_sharding={process_sharding!r} must be 'shard' or 'rows'.")
@@ -286,6 +310,8 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
   it = it.batch(pipeline_rows, drop_remainder=num_epochs is None)
   if num_epochs is not None:
     it = it.map(lambda batch: _pad_rows(batch, pipeline_rows))
+  if prefetch:
+    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
   rows = (slice(process_index * local_rows, (process_index + 1) * local_rows)
           if process_sharding == "rows" else slice(None))
   signature = {"num_examples": int(len(indices)), "batch_size": batch_size, "seq_len": seq_len,
