@@ -87,14 +87,14 @@ def _batch(batch_size=8, length=6, seed=0):
   return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
 
 
-def _one_step(devices, optim, steps=1):
-  config = TransformerConfig.tiny(40, attention_dropout_rate=0.1)
+def _one_step(devices, optim, steps=1, fsdp=False, **overrides):
+  config = TransformerConfig.tiny(40, attention_dropout_rate=0.1, **overrides)
   model = Transformer(config)
   tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
   mesh = sharding.create_mesh(devices)
   init = functools.partial(train_lib.init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init, jax.random.key(0))
-  shardings = sharding.state_shardings(abstract, mesh)
+  shardings = sharding.state_shardings(abstract, mesh, fsdp=fsdp)
   state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
   step_fn = jax.jit(functools.partial(train_lib.train_step, model=model,
                                       dropout_key=jax.random.key(1), label_smoothing=0.1,
@@ -126,11 +126,22 @@ def test_gradient_accumulation_and_clipping_run():
   assert int(state.step) == 2 and np.isfinite(metrics["train_loss"])
 
 
-def test_fsdp_shards_large_parameters():
+def test_fsdp_shards_large_parameters_and_matches_replicated():
   mesh = sharding.create_mesh()
-  spec = sharding.fsdp_spec((40000, 512), mesh)
-  assert spec == jax.sharding.PartitionSpec("data", None)
+  assert sharding.fsdp_spec((40000, 512), mesh) == jax.sharding.PartitionSpec("data", None)
   assert sharding.fsdp_spec((512,), mesh) == jax.sharding.PartitionSpec()
+  # d_ff 512: the feed-forward kernels (32 x 512) reach the size threshold and are sharded.
+  replicated, m1 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, d_ff=512)
+  sharded, m2 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, fsdp=True, d_ff=512)
+  kernel = sharded.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+  assert len(kernel.addressable_shards[0].data.shape) == 2
+  assert kernel.addressable_shards[0].data.shape[1] == 512 // 8
+  mu = sharded.opt_state[0][0].mu["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+  assert mu.sharding.spec == jax.sharding.PartitionSpec(None, "data")  # Optimizer state too.
+  for a, b in zip(jax.tree.leaves(replicated.params), jax.tree.leaves(sharded.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- checkpoints
