@@ -187,3 +187,13 @@ def test_synthetic_tasks_are_deterministic_disjoint_and_short():
     synthetic.synthetic_pairs("poems", 10, 0)
   with pytest.raises(ValueError, match="73049"):
     synthetic.synthetic_pairs("dates", 10**6, 0)
+
+
+def test_unreachable_hub_dataset_says_what_to_do(monkeypatch):
+  def offline(name, config, split):
+    raise ConnectionError(f"Couldn't reach {name!r} on the Hub")
+
+  monkeypatch.setattr(datasets, "load_dataset", offline)
+  with pytest.raises(FileNotFoundError, match="wmt14.*data_dir"):
+    corpus.load_hub_split("wmt14", "train", hub_config="de-en", source_lang="en",
+                          target_lang="de")

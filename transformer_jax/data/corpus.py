@@ -250,6 +250,11 @@ def load_hub_split(name: str, split: str, *, hub_config: str = "", source_lang: 
   import datasets  # pylint: disable=g-import-not-at-top
   try:
     ds = datasets.load_dataset(name, hub_config or None, split=split)
+  except (ConnectionError, FileNotFoundError) as e:  # Offline, or no such dataset.
+    raise FileNotFoundError(
+        f"Hub dataset {name!r} (config {hub_config!r}, split {split!r}) could not be loaded: {e}. "
+        "Check the name (data.dataset); without internet, set data.data_dir to a local corpus "
+        "(or use a copy in the datasets cache with HF_DATASETS_OFFLINE=1).") from e
   except ValueError as e:
     raise ValueError(f"Loading split {split!r} of hub dataset {name!r} (config "
                      f"{hub_config!r}) failed: {e}. Check data.train_split / data.eval_split "
