@@ -32,7 +32,7 @@ def get_config():
   d.source_lang = "en"
   d.target_lang = "de"
   d.train_split = "train"
-  d.eval_split = "val"
+  d.eval_split = "val"            # The local layout's name; the hub mirror calls it "validation".
   d.vocab_size = 8_000
   d.max_len = 128
   d.batch_size = 64

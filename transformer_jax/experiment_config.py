@@ -62,9 +62,18 @@ def base_config() -> ml_collections.ConfigDict:
   d.num_eval_examples = -1        # Eval examples used (-1 = all).
   d.process_sharding = "shard"    # "shard": each process reads its own examples; "rows": every
                                   # process builds the global batch and keeps its rows.
-  d.synthetic_task = "dates"      # For dataset="synthetic".
+  d.source_field = ""             # Hub datasets with plain columns: the source column...
+  d.target_field = ""             # ...and the target column ("" = use translation_field).
+  d.translation_field = "translation"  # Hub datasets with a {lang: text} column (WMT14).
+  d.tokenizer_type = "bpe"        # SentencePiece model type: bpe | unigram.
+  d.tokenizer_max_sentences = 2_000_000  # Sentences sampled to train the tokenizer.
+  d.eval_max_len = 0              # Drop longer eval pairs (0 = keep all, so BLEU sees everything).
+  d.packing_bins = 0              # First-fit packing bins (0 = max(rows, 256)).
+  d.prefetch = 2                  # Batches prepared ahead in a background thread.
+  d.synthetic_task = "dates"      # For dataset="synthetic": dates | numbers.
   d.synthetic_train_size = 20_000
   d.synthetic_eval_size = 500
+  d.synthetic_seed = 0            # Generator seed (train and eval are disjoint).
 
   c.optim = ml_collections.ConfigDict()
   o = c.optim
