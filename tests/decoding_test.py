@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+from transformer_jax.params import stack_layer_params
+
 from transformer_jax import Transformer, TransformerConfig
 from transformer_jax import decoding
 
@@ -219,20 +221,9 @@ def test_default_max_len_is_each_rows_source_length_plus_50(reverser):
   _assert_well_formed(tokens, scores)
 
 
-def _stack_layers(tree, num_layers):
-  """Unrolled params (layers_0, layers_1, ...) -> scanned params (layers, leading axis)."""
-  if not isinstance(tree, dict):
-    return tree
-  out = {k: _stack_layers(v, num_layers) for k, v in tree.items() if not k.startswith("layers_")}
-  if "layers_0" in tree:
-    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                 *[tree[f"layers_{i}"] for i in range(num_layers)])
-  return out
-
-
 def test_scan_layers_decode_as_unrolled(reverser):
   scanned = Transformer(CONFIG.replace(scan_layers=True))
-  params = _stack_layers(reverser, 2)
+  params = stack_layer_params(reverser, 2)
   model = Transformer(CONFIG)
   # Beam search: the cache leaves of scanned layers have their batch axis second.
   tokens, scores = decoding.beam_search(scanned, params, SRC, max_len=8)

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from transformer_jax.params import stack_layer_params, unstack_layer_params
+
 from transformer_jax import (MultiHeadAttention, Transformer, TransformerConfig, make_attention_mask,
                              plain_attention, sinusoidal_encoding)
 
@@ -170,29 +172,22 @@ def _grads(config, params, deterministic=False):
   return jax.grad(loss)(params)
 
 
-def _stack_layers(tree, num_layers):
-  """Unrolled params (layers_0, layers_1, ...) -> scanned params (layers, leading axis)."""
-  if not isinstance(tree, dict):
-    return tree
-  out = {k: _stack_layers(v, num_layers) for k, v in tree.items() if not k.startswith("layers_")}
-  if "layers_0" in tree:
-    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                 *[tree[f"layers_{i}"] for i in range(num_layers)])
-  return out
-
-
 @pytest.mark.parametrize("remat", [False, True])
 def test_scan_equals_unrolled(remat):
   params = _init(CONFIG)
   scanned = CONFIG.replace(scan_layers=True, remat=remat)
-  scanned_params = _stack_layers(params, 2)
+  scanned_params = stack_layer_params(params, 2)
+  back = unstack_layer_params(scanned_params)
+  assert jax.tree.structure(back) == jax.tree.structure(params)
+  for x, y in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(x, y)
   # The scanned model initializes to the same tree structure as the stacked one.
   assert jax.tree.structure(_init(scanned)) == jax.tree.structure(scanned_params)
   a = _apply(CONFIG, params, SRC, TGT)
   b = _apply(scanned, scanned_params, SRC, TGT)
   np.testing.assert_allclose(a, b, atol=1e-5)
   # Deterministic: scan splits dropout keys per layer differently from the unrolled stack.
-  ga = _stack_layers(_grads(CONFIG, params, deterministic=True), 2)
+  ga = stack_layer_params(_grads(CONFIG, params, deterministic=True), 2)
   gb = _grads(scanned, scanned_params, deterministic=True)
   for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
     np.testing.assert_allclose(x, y, atol=1e-5)

@@ -1,6 +1,7 @@
 """transformer_jax: the Transformer of "Attention Is All You Need" in JAX/Flax."""
 
 from transformer_jax.config import TransformerConfig
+from transformer_jax.params import stack_layer_params, unstack_layer_params
 from transformer_jax.decoding import beam_search, greedy_search, ids_until_eos, length_penalty
 from transformer_jax.model import (
     Decoder,
@@ -29,5 +30,5 @@ __all__ = [
     "MultiHeadAttention", "FeedForward", "SubLayer", "PositionalEncoding", "SharedEmbedding",
     "Embedder", "causal_mask", "make_attention_mask", "padding_mask", "plain_attention",
     "segment_mask", "sinusoidal_encoding", "greedy_search", "beam_search", "ids_until_eos",
-    "length_penalty",
+    "length_penalty", "stack_layer_params", "unstack_layer_params",
 ]
