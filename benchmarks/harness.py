@@ -1,0 +1,120 @@
+"""Side-by-side benchmark harness: each side lives in its own process, runs are interleaved.
+
+Every side (ours, a peer) is built by a factory in a fresh `spawn`ed worker process, so that its
+peak resident memory (`ru_maxrss`) is its own, and libraries do not share thread pools. The parent
+asks the workers in turn for a block of timed calls (A B A B ...), so that noise from other load on
+the machine falls on all sides alike; medians are reported.
+
+A factory returns a `Runner`: `info` (a dict sent back once, e.g. parameter count, compile time)
+and `step()` (one timed call, blocking until its results are ready).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+# Benchmarks run on one CPU device: drop the fake-device flag the tests use.
+_FAKE_DEVICES = "--xla_force_host_platform_device_count"
+
+
+def one_device_env() -> None:
+  """Removes the fake multi-device XLA flag from this process's environment (before spawning)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_FAKE_DEVICES)]
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclasses.dataclass
+class Runner:
+  """What a factory returns: `info` once, then `step()` per timed call."""
+  info: dict[str, Any]
+  step: Callable[[], None]
+
+
+def _serve(conn, factory, kwargs):
+  rss_before = peak_rss_mib()
+  try:
+    runner = factory(**kwargs)
+  except Exception as e:  # Report, do not hang the parent.
+    conn.send({"error": f"{type(e).__name__}: {e}"})
+    return
+  conn.send({"info": runner.info, "rss_import_mib": rss_before, "rss_mib": peak_rss_mib()})
+  while True:
+    n = conn.recv()
+    if n is None:
+      break
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      runner.step()
+      times.append(time.perf_counter() - start)
+    conn.send({"times": times, "rss_mib": peak_rss_mib()})
+  conn.close()
+
+
+class Side:
+  """One benchmark side in a worker process."""
+
+  def __init__(self, name: str, factory, **kwargs):
+    ctx = mp.get_context("spawn")
+    self.name = name
+    self._conn, child = ctx.Pipe()
+    self._proc = ctx.Process(target=_serve, args=(child, factory, kwargs), daemon=True)
+    self._proc.start()
+    reply = self._conn.recv()
+    if "error" in reply:
+      self.close()
+      raise RuntimeError(f"{name}: setup failed: {reply['error']}")
+    self.info = reply["info"]
+    self.rss_import_mib = reply["rss_import_mib"]
+    self.rss_mib = reply["rss_mib"]
+    self.times: list[float] = []
+
+  def run(self, n: int, record: bool = True) -> None:
+    """Runs `n` timed calls; keeps their times unless `record` is False (warmup)."""
+    self._conn.send(n)
+    reply = self._conn.recv()
+    self.rss_mib = reply["rss_mib"]
+    if record:
+      self.times.extend(reply["times"])
+
+  @property
+  def median(self) -> float:
+    return statistics.median(self.times)
+
+  def close(self) -> None:
+    try:
+      self._conn.send(None)
+    except (BrokenPipeError, OSError):
+      pass
+    self._proc.join(timeout=30)
+    if self._proc.is_alive():
+      self._proc.kill()
+
+
+def interleave(sides: list[Side], *, warmup: int, rounds: int, per_round: int) -> None:
+  """Warms every side up, then runs `rounds` rounds of `per_round` calls, side after side."""
+  for side in sides:
+    side.run(warmup, record=False)
+  for r in range(rounds):
+    order = sides if r % 2 == 0 else sides[::-1]  # ABBA: neither side always goes first.
+    for side in order:
+      side.run(per_round)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+  """A GitHub markdown table."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
