@@ -9,10 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from transformer_jax.params import stack_layer_params
-
 from transformer_jax import Transformer, TransformerConfig
 from transformer_jax import decoding
+from transformer_jax.params import stack_layer_params
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax.params import stack_layer_params, unstack_layer_params
-
 from transformer_jax import (MultiHeadAttention, Transformer, TransformerConfig, make_attention_mask,
                              plain_attention, sinusoidal_encoding)
+from transformer_jax.params import stack_layer_params, unstack_layer_params
 
 VOCAB = 40
 SRC = np.array([[5, 6, 7, 8, 9, 0, 0], [10, 11, 12, 13, 14, 15, 16]], np.int32)
