@@ -237,25 +237,17 @@ def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
   return jnp.take_along_axis(x_BxNx_, index, axis=1)
 
 
-# Cache leaves equal across the beams of a sentence (the projected encoder output).
-_BEAM_INVARIANT = ("cached_cross_key", "cached_cross_value")
-
-
 def _reorder_cache(cache, origin_BxN: Array, config: TransformerConfig):
   """Reorders every cache leaf along its flattened-batch axis to follow the surviving beams.
 
   Scanned layers (`scan_layers=True`) keep their cache with a leading layer axis
-  `[layers, B*N, ...]`; everything else has the batch first. Counters have no batch axis. The
-  encoder-decoder keys and values are the same for every beam of a sentence, so they stay put.
+  `[layers, B*N, ...]`; everything else has the batch first. Counters have no batch axis.
   """
   batch, beams = origin_BxN.shape
   flat_BN = (jnp.arange(batch)[:, None] * beams + origin_BxN).reshape(-1)
 
   def reorder(path, leaf):
-    names = [getattr(k, "key", None) for k in path]
-    if names[-1] in _BEAM_INVARIANT:
-      return leaf
-    scanned = config.scan_layers and "layers" in names
+    scanned = config.scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
     axis = 1 if scanned else 0
     if leaf.ndim <= axis:
       return leaf  # cache_index / position counters.

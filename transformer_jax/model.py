@@ -166,9 +166,7 @@ class MultiHeadAttention(nn.Module):
   `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])` returns `[B, T, D]`.
   With `decode=True` (causal self-attention, one new token per call), keys and values are
   appended to a cache in the "cache" collection, sized by the first (initializing) call, and
-  the mask is built from the cache position. With `cache_inputs_kv=True` (encoder-decoder
-  attention while decoding), the key/value projections of `inputs_kv` are computed on the first
-  decoding step only and kept in the cache ("cached_cross_key"/"cached_cross_value").
+  the mask is built from the cache position.
 
   The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
   weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
@@ -179,20 +177,14 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, *,
-               deterministic: bool = True, decode: bool = False,
-               cache_inputs_kv: bool = False) -> Array:
+               deterministic: bool = True, decode: bool = False) -> Array:
     cfg = self.config
     H, K = cfg.num_heads, cfg.head_dim
     dense = functools.partial(nn.DenseGeneral, features=(H, K), kernel_init=_dense_init,
                               dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     q_BxTxHxK = dense(name="query")(inputs_q)
-    if cache_inputs_kv and self.has_variable("cache", "cached_cross_key"):
-      k_BxSxHxK, v_BxSxHxK = self._cached_projections(inputs_kv)
-    else:
-      k_BxSxHxK = dense(name="key")(inputs_kv)
-      v_BxSxHxK = dense(name="value")(inputs_kv)
-      if cache_inputs_kv:  # The initializing call sizes the cache.
-        self._cross_cache(k_BxSxHxK, v_BxSxHxK)
+    k_BxSxHxK = dense(name="key")(inputs_kv)
+    v_BxSxHxK = dense(name="value")(inputs_kv)
 
     if decode:
       k_BxSxHxK, v_BxSxHxK, mask = self._update_cache(k_BxSxHxK, v_BxSxHxK, mask)
@@ -208,39 +200,6 @@ class MultiHeadAttention(nn.Module):
           q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
     return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=_dense_init, dtype=cfg.dtype,
                            param_dtype=cfg.param_dtype, name="out")(out_BxTxHxK)
-
-  def _cross_cache(self, k_BxSxHxK: Array, v_BxSxHxK: Array):
-    """The cache variables of the key/value projections of `inputs_kv`, and their fill flag."""
-    zeros = lambda x: functools.partial(jnp.zeros, x.shape, x.dtype)
-    return (self.variable("cache", "cached_cross_key", zeros(k_BxSxHxK)),
-            self.variable("cache", "cached_cross_value", zeros(v_BxSxHxK)),
-            self.variable("cache", "cross_filled", lambda: jnp.array(False)))
-
-  def _cached_projections(self, inputs_kv: Array) -> tuple[Array, Array]:
-    """Keys and values of `inputs_kv` (the encoder output), projected once per sentence.
-
-    The first decoding step computes them and stores them in the cache; later steps read them
-    back. This works with any cache (from `init` or `apply`), as the fill is a `lax.cond` on a
-    flag in the cache rather than part of its initialization.
-    """
-    cfg = self.config
-    cached_key, cached_value, filled = self._cross_cache(inputs_kv, inputs_kv)
-    params = self.variables["params"]
-    dtype = jnp.dtype(cfg.dtype)
-
-    def project(x_BxSxD):
-      # DenseGeneral's computation, on the same parameters (the submodules are not called here,
-      # so that the projection can sit inside lax.cond).
-      def one(name):
-        kernel_DxHxK = params[name]["kernel"].astype(dtype)
-        return (jnp.einsum("bsd,dhk->bshk", x_BxSxD.astype(dtype), kernel_DxHxK)
-                + params[name]["bias"].astype(dtype))
-      return one("key"), one("value")
-
-    k_BxSxHxK, v_BxSxHxK = jax.lax.cond(
-        filled.value, lambda x: (cached_key.value, cached_value.value), project, inputs_kv)
-    cached_key.value, cached_value.value, filled.value = k_BxSxHxK, v_BxSxHxK, jnp.array(True)
-    return k_BxSxHxK, v_BxSxHxK
 
   def _update_cache(self, k_Bx1xHxK, v_Bx1xHxK, mask):
     is_initialized = self.has_variable("cache", "cached_key")
@@ -330,8 +289,7 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic)
     cross_attention = MultiHeadAttention(cfg, name="cross_attention")
     y = SubLayer(cfg, name="cross_attention_block")(
-        y, lambda h: cross_attention(h, encoded, cross_mask, deterministic=deterministic,
-                                     cache_inputs_kv=decode),
+        y, lambda h: cross_attention(h, encoded, cross_mask, deterministic=deterministic),
         deterministic=deterministic)
     ffn = FeedForward(cfg, name="feed_forward")
     y = SubLayer(cfg, name="ffn_block")(
