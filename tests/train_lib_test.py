@@ -120,6 +120,14 @@ def test_multi_device_step_equals_single_device_step():
   assert int(eight.step) == 2
 
 
+def test_accumulated_steps_report_their_updates_learning_rate():
+  _, schedule = train_lib.create_optimizer(_optim(grad_accum_steps=2), d_model=32,
+                                           num_train_steps=10)
+  plain = schedules.rsqrt_schedule(peak=1e-2, warmup_steps=2)
+  np.testing.assert_allclose([schedule(s) for s in (1, 2, 3, 4, 5)],
+                             [plain(1), plain(1), plain(2), plain(2), plain(3)])
+
+
 def test_gradient_accumulation_and_clipping_run():
   state, metrics = _one_step(jax.devices()[:1], _optim(grad_accum_steps=2, grad_clip_norm=0.5),
                              steps=2)

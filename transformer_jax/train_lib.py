@@ -54,7 +54,8 @@ def build_model_config(model_config, *, vocab_size: int, bos_id: int, eos_id: in
 def create_optimizer(optim_config, *, d_model: int, num_train_steps: int):
   """Adam(beta1, beta2, eps) under the configured schedule, optional clipping and accumulation.
 
-  Returns `(tx, schedule)`; `schedule(step)` is in paper step numbering (first update = 1).
+  Returns `(tx, schedule)`; `schedule(step)` is the rate used at step `step` (the first is 1;
+  with `grad_accum_steps=k`, k steps make one update).
   """
   o = optim_config
   schedule = schedules.create_schedule(
@@ -67,8 +68,12 @@ def create_optimizer(optim_config, *, d_model: int, num_train_steps: int):
   chain.append(optax.adamw(schedules.optimizer_schedule(schedule), b1=o.b1, b2=o.b2, eps=o.eps,
                            weight_decay=o.get("weight_decay", 0.0)))
   tx = optax.chain(*chain)
-  if o.get("grad_accum_steps", 1) > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=o.grad_accum_steps)
+  k = o.get("grad_accum_steps", 1)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k)
+    # Steps count batches; the k batches ending in update u all report update u's rate.
+    per_update = schedule
+    schedule = lambda step: per_update((jnp.asarray(step) - 1) // k + 1)
   return tx, schedule
 
 
