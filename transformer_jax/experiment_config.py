@@ -54,9 +54,9 @@ def base_config() -> ml_collections.ConfigDict:
   d.train_split = "train"         # Split names.
   d.eval_split = "validation"
   d.vocab_size = 37_000           # SentencePiece vocabulary (shared by both languages).
-  d.max_len = 256                 # Drop pairs with more tokens than this on either side.
-  d.batch_size = 512              # Global rows per batch (divisible by the device count).
-  d.seq_len = 256                 # Tokens per packed row: ~25k source + 25k target tokens.
+  d.max_len = 64                  # Drop pairs with more tokens than this on either side.
+  d.batch_size = 384              # Global rows per batch (divisible by the device count):
+  d.seq_len = 64                  # x tokens per packed row x ~96% packing ~ 24k tokens per side.
   d.packing = True                # Pack several pairs per row (else one pair per row).
   d.eval_batch_size = 64          # Global rows per eval batch.
   d.num_eval_examples = -1        # Eval examples used (-1 = all).
