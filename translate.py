@@ -5,6 +5,7 @@ translates one sentence per line (stdin by default) with beam search, writes the
 input order (stdout by default), and with `--reference` prints sacreBLEU and chrF.
 """
 
+import gzip
 import os
 import sys
 
@@ -14,7 +15,7 @@ flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and chec
                     required=True)
 flags.DEFINE_string("checkpoint", "latest", "latest, a step number, average:N (mean of the last N "
                     "checkpoints), or averaged (the newest one written by average_checkpoints.py).")
-flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin).")
+flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin; .gz is read compressed).")
 flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdout).")
 flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
 flags.DEFINE_float("alpha", 0.6, "Length penalty exponent ((5 + len) / 6)^alpha.")
@@ -35,7 +36,8 @@ def _read_lines(path):
     return sys.stdin.read().splitlines()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"--input/--reference file {path} does not exist.")
-  with open(path, encoding="utf-8") as f:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rt", encoding="utf-8") as f:
     return f.read().splitlines()
 
 

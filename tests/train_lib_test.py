@@ -67,6 +67,23 @@ def test_loss_ignores_padding_and_matches_one_hot_smoothing():
                              sums["loss_sum"], rtol=1e-6)
 
 
+def test_loss_nll_and_accuracy_match_the_plain_formulas():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(4, 6, 11)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(1, 11, size=(4, 6)))
+  targets = targets.at[:, 0].set(jnp.argmax(logits[:, 0], axis=-1))  # Some surely correct.
+  weights = (targets != 0).at[1, 4:].set(False)
+  sums = train_lib.cross_entropy_loss(logits, targets, weights, 0.1)
+  logp = jax.nn.log_softmax(logits)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  correct = jnp.argmax(logits, axis=-1) == targets
+  np.testing.assert_allclose(sums["nll_sum"], (nll * weights).sum(), rtol=1e-5)
+  assert float(sums["correct_sum"]) == float((correct & weights).sum()) >= 4
+  # Large logits stay finite (the max is subtracted before exp).
+  big = train_lib.cross_entropy_loss(logits * 1e4, targets, weights, 0.1)
+  assert all(np.isfinite(float(v)) for v in big.values())
+
+
 # ----------------------------------------------------------------------------- train step
 
 

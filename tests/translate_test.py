@@ -1,5 +1,6 @@
 """translate.py and checkpoint averaging on a tiny trained workdir."""
 
+import gzip
 import importlib.util
 import os
 import subprocess
@@ -48,6 +49,24 @@ def test_translate_cli_keeps_order_and_empty_lines_and_scores(workdir, tmp_path)
   assert result.returncode == 0, result.stderr
   assert "BLEU" in result.stderr and "chrF" in result.stderr and "nrefs:1" in result.stderr
   assert result.stdout.split("\n")[1] == ""
+
+
+def test_translate_cli_reads_gzipped_input_and_reference(workdir, tmp_path):
+  lines = ["2019-03-04", "1999-12-31"]
+  src = tmp_path / "src.txt.gz"
+  with gzip.open(src, "wt", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  out = tmp_path / "out.txt"
+  result = _run("translate.py", f"--workdir={workdir}", f"--input={src}", f"--output={out}",
+                "--beam_size=1")
+  assert result.returncode == 0, result.stderr
+  ref = tmp_path / "ref.txt.gz"
+  with gzip.open(ref, "wt", encoding="utf-8") as f:
+    f.write(out.read_text())
+  result = _run("translate.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}",
+                "--beam_size=1")
+  assert result.returncode == 0, result.stderr
+  assert "= 100.0" in result.stderr
 
 
 def test_translate_cli_errors(tmp_path, workdir):
