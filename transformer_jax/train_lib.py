@@ -127,7 +127,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Transfo
   n = jnp.maximum(sums["num_tokens"], 1.0)
   metrics = {"train_loss": sums["loss_sum"] / n, "train_nll": sums["nll_sum"] / n,
              "train_accuracy": sums["correct_sum"] / n, "num_tokens": sums["num_tokens"],
-             "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+             "grad_norm": optax.tree_utils.tree_norm(grads),
              "learning_rate": schedule(state.step + 1)}
   return new_state, metrics
 
