@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import (MultiHeadAttention, Transformer, TransformerConfig, make_attention_mask,
-                             plain_attention, sinusoidal_encoding)
+from transformer_jax import (MultiHeadAttention, Transformer, TransformerConfig, init_cache,
+                             make_attention_mask, plain_attention, sinusoidal_encoding)
 from transformer_jax.params import stack_layer_params, unstack_layer_params
 
 VOCAB = 40
@@ -209,8 +209,12 @@ def test_cached_decoding_equals_full_forward(overrides):
   params = _init(config)
   full = _apply(config, params, SRC, TGT)
   encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
-  cache = model.init(jax.random.key(0), encoded, SRC, jnp.zeros_like(TGT), decode=True,
-                     method=Transformer.decode)["cache"]
+  cache = init_cache(model, params, encoded, SRC, TGT.shape[1])
+  # Encoder-decoder keys/values are projected once, heads first; self-attention starts empty.
+  layer = cache["decoder"]["layers"] if config.scan_layers else cache["decoder"]["layers_0"]
+  heads = (config.num_heads, SRC.shape[1], config.head_dim)
+  assert layer["cross_attention"]["cross_key"].shape[-3:] == heads
+  assert not np.any(layer["self_attention"]["cached_key"])
   step_fn = jax.jit(functools.partial(model.apply, decode=True, method=Transformer.decode,
                                       mutable=["cache"]))
   for t in range(TGT.shape[1]):

@@ -25,6 +25,7 @@ import numpy as np
 
 from transformer_jax.config import TransformerConfig
 from transformer_jax.model import Transformer
+from transformer_jax.model import init_cache
 
 Array = jax.Array
 
@@ -164,11 +165,6 @@ def _prepare(model, params, src, max_len, min_len):
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _init_cache(model: Transformer, encoded_BxSxD: Array, src_BxS: Array, length: int):
-  """An empty cache for `length` decoder steps (traced into the jit; its init ops are dead)."""
-  tgt_BxL = jnp.zeros((src_BxS.shape[0], length), jnp.int32)
-  return model.init(jax.random.key(0), encoded_BxSxD, src_BxS, tgt_BxL, decode=True,
-                    method=Transformer.decode)["cache"]
 
 
 def _decode_step(model, params, cache, encoded_BxSxD, src_BxS, tokens_B):
@@ -193,7 +189,7 @@ def _greedy(params, src_BxS, limit_B, min_len, *, config: TransformerConfig, max
   model = Transformer(config)
   batch = src_BxS.shape[0]
   encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
-  cache = _init_cache(model, encoded_BxSxD, src_BxS, max_len)
+  cache = init_cache(model, params, encoded_BxSxD, src_BxS, max_len)
 
   def done(step, finished_B):
     return finished_B | (step >= limit_B)
@@ -247,6 +243,8 @@ def _reorder_cache(cache, origin_BxN: Array, config: TransformerConfig):
   flat_BN = (jnp.arange(batch)[:, None] * beams + origin_BxN).reshape(-1)
 
   def reorder(path, leaf):
+    if getattr(path[-1], "key", None) in ("cross_key", "cross_value"):
+      return leaf  # The encoder's keys/values: the same for every beam of a row.
     scanned = config.scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
     axis = 1 if scanned else 0
     if leaf.ndim <= axis:
@@ -254,7 +252,7 @@ def _reorder_cache(cache, origin_BxN: Array, config: TransformerConfig):
     if leaf.shape[axis] != batch * beams:
       raise ValueError(f"Cache leaf {jax.tree_util.keystr(path)} of shape {leaf.shape} has no "
                        f"batch*beams={batch * beams} axis at {axis}; the cache layout changed.")
-    return jnp.take(leaf, flat_BN, axis=axis)
+    return jnp.take(leaf, flat_BN, axis=axis, mode="clip")  # In bounds: no fill select.
 
   return jax.tree_util.tree_map_with_path(reorder, cache)
 
@@ -329,7 +327,7 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
       alive_logprobs_BxN=no_scores_BxN.at[:, 0].set(0.0),  # One live hypothesis: BOS.
       finished_seqs_BxNxT=empty_BxNxT,
       finished_scores_BxN=no_scores_BxN,
-      cache=_init_cache(model, encoded_BNxSxD, src_BNxS, max_len))
+      cache=init_cache(model, params, encoded_BNxSxD, src_BNxS, max_len))
   state = jax.lax.while_loop(cond, body, state)
 
   # Finished hypotheses whenever a row has one; otherwise its alive ones, of length limit.

@@ -164,9 +164,12 @@ class MultiHeadAttention(nn.Module):
   """Multi-head attention: self, causal or cross, with an optional key/value cache.
 
   `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])` returns `[B, T, D]`.
-  With `decode=True` (causal self-attention, one new token per call), keys and values are
-  appended to a cache in the "cache" collection, sized by the first (initializing) call, and
-  the mask is built from the cache position.
+  With `decode=True` the keys and values live in the "cache" collection, heads first
+  `[B, H, S, K]`: the layout both attention matmuls read directly, so a decoding step copies
+  nothing. Self-attention (one new token per call) appends to a cache sized by the first
+  (initializing) call and builds its mask from the cache position; cross-attention (`cross=True`)
+  projects the encoder output once, on the initializing call, and reuses it every step. Create
+  the cache with `init_cache`, which runs that call with the trained parameters.
 
   The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
   weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
@@ -174,6 +177,7 @@ class MultiHeadAttention(nn.Module):
   """
 
   config: TransformerConfig
+  cross: bool = False  # Encoder-decoder attention: its decoding cache is filled once.
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, *,
@@ -183,11 +187,12 @@ class MultiHeadAttention(nn.Module):
     dense = functools.partial(nn.DenseGeneral, features=(H, K), kernel_init=_dense_init,
                               dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     q_BxTxHxK = dense(name="query")(inputs_q)
-    k_BxSxHxK = dense(name="key")(inputs_kv)
-    v_BxSxHxK = dense(name="value")(inputs_kv)
-
+    key, value = dense(name="key"), dense(name="value")
+    out_proj = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=_dense_init,
+                               dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="out")
     if decode:
-      k_BxSxHxK, v_BxSxHxK, mask = self._update_cache(k_BxSxHxK, v_BxSxHxK, mask)
+      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, key, value))
+    k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
     if cfg.attention_impl == "plain" or (rate > 0.0 and not deterministic):
@@ -198,28 +203,48 @@ class MultiHeadAttention(nn.Module):
     else:
       out_BxTxHxK = jax.nn.dot_product_attention(
           q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
-    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=_dense_init, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype, name="out")(out_BxTxHxK)
+    return out_proj(out_BxTxHxK)
 
-  def _update_cache(self, k_Bx1xHxK, v_Bx1xHxK, mask):
+  def _cached_attention(self, q_BxTxHxK, inputs_kv, mask, key, value):
+    """Attention of the new query against the cached keys and values `[B, H, S, K]`."""
+    heads_first = lambda x_BxSxHxK: jnp.swapaxes(x_BxSxHxK, 1, 2)
+    if self.cross:
+      k_BxHxSxK = self.variable("cache", "cross_key", lambda: heads_first(key(inputs_kv))).value
+      v_BxHxSxK = self.variable("cache", "cross_value",
+                                lambda: heads_first(value(inputs_kv))).value
+    else:
+      k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
+          heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
+    if q_BxTxHxK.shape[1] != 1:  # The cache-initializing call (its output is never used).
+      return plain_attention(q_BxTxHxK, jnp.swapaxes(k_BxHxSxK, 1, 2),
+                             jnp.swapaxes(v_BxHxSxK, 1, 2), mask)
+    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+    logits_BxHxTxS = jnp.einsum("bthk,bhsk->bhts", q_BxTxHxK, k_BxHxSxK,
+                                preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+      logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
+    return jnp.einsum("bhts,bhsk->bthk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+
+  def _update_cache(self, k_BxHx1xK, v_BxHx1xK, mask):
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_Bx1xHxK.shape, k_Bx1xHxK.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_Bx1xHxK.shape,
-                                 v_Bx1xHxK.dtype)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BxHx1xK.shape, k_BxHx1xK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BxHx1xK.shape,
+                                 v_BxHx1xK.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    if not is_initialized:  # The initializing call only sizes the cache: [B, L, H, K].
-      return k_Bx1xHxK, v_Bx1xHxK, mask
-    if k_Bx1xHxK.shape[1] != 1:
-      raise ValueError(f"decode=True takes one token per call, got {k_Bx1xHxK.shape[1]}.")
+    if not is_initialized:  # The initializing call only sizes the cache: [B, H, L, K].
+      return k_BxHx1xK, v_BxHx1xK, mask
+    if k_BxHx1xK.shape[2] != 1:
+      raise ValueError(f"decode=True takes one token per call, got {k_BxHx1xK.shape[2]}.")
     index = cache_index.value
-    k_BxLxHxK = jax.lax.dynamic_update_slice(cached_key.value, k_Bx1xHxK, (0, index, 0, 0))
-    v_BxLxHxK = jax.lax.dynamic_update_slice(cached_value.value, v_Bx1xHxK, (0, index, 0, 0))
-    cached_key.value, cached_value.value = k_BxLxHxK, v_BxLxHxK
+    k_BxHxLxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHx1xK, (0, 0, index, 0))
+    v_BxHxLxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHx1xK, (0, 0, index, 0))
+    cached_key.value, cached_value.value = k_BxHxLxK, v_BxHxLxK
     cache_index.value = index + 1
-    length = k_BxLxHxK.shape[1]
+    length = k_BxHxLxK.shape[2]
     step_mask = (jnp.arange(length) <= index)[None, None, None, :]  # [1, 1, 1, L]
     mask = step_mask if mask is None else mask & step_mask
-    return k_BxLxHxK, v_BxLxHxK, mask
+    return k_BxHxLxK, v_BxHxLxK, mask
 
 
 # ----------------------------------------------------------------------------- layers
@@ -287,9 +312,10 @@ class DecoderLayer(nn.Module):
     y = SubLayer(cfg, name="self_attention_block")(
         y, lambda h: self_attention(h, h, self_mask, deterministic=deterministic, decode=decode),
         deterministic=deterministic)
-    cross_attention = MultiHeadAttention(cfg, name="cross_attention")
+    cross_attention = MultiHeadAttention(cfg, cross=True, name="cross_attention")
     y = SubLayer(cfg, name="cross_attention_block")(
-        y, lambda h: cross_attention(h, encoded, cross_mask, deterministic=deterministic),
+        y, lambda h: cross_attention(h, encoded, cross_mask, deterministic=deterministic,
+                                     decode=decode),
         deterministic=deterministic)
     ffn = FeedForward(cfg, name="feed_forward")
     y = SubLayer(cfg, name="ffn_block")(
@@ -436,6 +462,19 @@ class Transformer(nn.Module):
     return self.decode(encoded, src, tgt_in, deterministic=deterministic,
                        src_segments=src_segments, tgt_segments=tgt_segments,
                        tgt_positions=tgt_positions)
+
+
+def init_cache(model: Transformer, params, encoded_BxSxD: Array, src_BxS: Array,
+               length: int):
+  """The decoding cache for up to `length` steps of `Transformer.decode(..., decode=True)`.
+
+  Self-attention caches start empty; the encoder-decoder keys and values are projected from
+  `encoded_BxSxD` with `params` (the "params" collection), once, here.
+  """
+  tgt_BxL = jnp.zeros((src_BxS.shape[0], length), jnp.int32)
+  _, variables = model.apply({"params": params}, encoded_BxSxD, src_BxS, tgt_BxL, decode=True,
+                             method=Transformer.decode, mutable=["cache"])
+  return variables["cache"]
 
 
 def _check_tokens(name: str, tokens: Array, cfg: TransformerConfig) -> None:
