@@ -15,7 +15,8 @@ flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and chec
                     required=True)
 flags.DEFINE_string("checkpoint", "latest", "latest, a step number, average:N (mean of the last N "
                     "checkpoints), or averaged (the newest one written by average_checkpoints.py).")
-flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin; .gz is read compressed).")
+flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin; .gz is read "
+                    "compressed).")
 flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdout).")
 flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
 flags.DEFINE_float("alpha", 0.6, "Length penalty exponent ((5 + len) / 6)^alpha.")

@@ -32,23 +32,14 @@ BEAM = 4
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--shapes", default="base,small", help="Comma-separated: base, small.")
+  harness.add_timing_args(p, unit="call", warmup=1, per_round=2, quick_per_round=1,
+                          threads_help="Peers' intra-op threads.")
   p.add_argument("--sides", default="ours,ctranslate2,hf", help="Comma-separated sides to run.")
-  p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--batch", type=int, default=32, help="Sentences per call.")
   p.add_argument("--src_len", type=int, default=32, help="Source tokens per sentence.")
   p.add_argument("--new_tokens", type=int, default=32, help="Generated tokens per sentence.")
-  p.add_argument("--warmup", type=int, default=1, help="Untimed calls per side.")
-  p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
-  p.add_argument("--per_round", type=int, default=2, help="Timed calls per side per round.")
-  p.add_argument("--threads", type=int, default=os.cpu_count(), help="Peers' intra-op threads.")
-  p.add_argument("--quick", action="store_true", help="Small shapes only, 2 rounds of 1 call.")
   args = p.parse_args(argv)
-  if args.quick:
-    args.shapes, args.warmup, args.rounds, args.per_round = "small", 1, 2, 1
-  for name in args.shapes.split(","):
-    if name not in SHAPES:
-      p.error(f"--shapes: unknown shape {name!r}; choose among {sorted(SHAPES)}.")
+  harness.finish_timing_args(p, args, SHAPES)
   if "ctranslate2" in args.sides.split(",") and "hf" not in args.sides.split(","):
     p.error("--sides: the CTranslate2 model is converted by the hf side; keep hf.")
   return args

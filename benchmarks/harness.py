@@ -11,6 +11,7 @@ and `step()` (one timed call, blocking until its results are ready).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import multiprocessing as mp
 import os
@@ -118,3 +119,27 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
   return "\n".join(lines)
+
+
+def add_timing_args(p: argparse.ArgumentParser, *, unit: str, warmup: int, per_round: int,
+                    quick_per_round: int, threads_help: str) -> None:
+  """The options every side-by-side benchmark shares (shapes, vocabulary, timing, threads)."""
+  p.add_argument("--shapes", default="base,small", help="Comma-separated: base, small.")
+  p.add_argument("--vocab_size", type=int, default=8000)
+  p.add_argument("--warmup", type=int, default=warmup, help=f"Untimed {unit}s per side.")
+  p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
+  p.add_argument("--per_round", type=int, default=per_round,
+                 help=f"Timed {unit}s per side per round.")
+  p.add_argument("--threads", type=int, default=os.cpu_count(), help=threads_help)
+  p.add_argument("--quick", action="store_true",
+                 help=f"Small shapes only, 2 rounds of {quick_per_round} {unit}(s).")
+  p.set_defaults(_quick_per_round=quick_per_round)
+
+
+def finish_timing_args(p: argparse.ArgumentParser, args, shapes) -> None:
+  """Applies --quick and refuses unknown --shapes."""
+  if args.quick:
+    args.shapes, args.warmup, args.rounds, args.per_round = "small", 1, 2, args._quick_per_round
+  for name in args.shapes.split(","):
+    if name not in shapes:
+      p.error(f"--shapes: unknown shape {name!r}; choose among {sorted(shapes)}.")

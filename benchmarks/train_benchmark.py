@@ -37,21 +37,12 @@ DROPOUT = 0.1
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--shapes", default="base,small", help="Comma-separated: base, small.")
-  p.add_argument("--vocab_size", type=int, default=8000)
+  harness.add_timing_args(p, unit="step", warmup=2, per_round=3, quick_per_round=2,
+                          threads_help="torch intra-op threads.")
   p.add_argument("--batch", type=int, default=32, help="Sentence pairs per step.")
   p.add_argument("--length", type=int, default=32, help="Source = target tokens per pair.")
-  p.add_argument("--warmup", type=int, default=2, help="Untimed steps per side (after compile).")
-  p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")
-  p.add_argument("--per_round", type=int, default=3, help="Timed steps per side per round.")
-  p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads.")
-  p.add_argument("--quick", action="store_true", help="Small shapes only, 2 rounds of 2 steps.")
   args = p.parse_args(argv)
-  if args.quick:
-    args.shapes, args.warmup, args.rounds, args.per_round = "small", 1, 2, 2
-  for name in args.shapes.split(","):
-    if name not in SHAPES:
-      p.error(f"--shapes: unknown shape {name!r}; choose among {sorted(SHAPES)}.")
+  harness.finish_timing_args(p, args, SHAPES)
   return args
 
 

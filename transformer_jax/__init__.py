@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TransformerConfig", "Transformer", "Encoder", "Decoder", "EncoderLayer", "DecoderLayer",
     "MultiHeadAttention", "FeedForward", "SubLayer", "PositionalEncoding", "SharedEmbedding",
-    "Embedder", "init_cache", "causal_mask", "make_attention_mask", "padding_mask", "plain_attention",
-    "segment_mask", "sinusoidal_encoding", "greedy_search", "beam_search", "ids_until_eos",
+    "Embedder", "init_cache", "causal_mask", "make_attention_mask", "padding_mask",
+    "plain_attention", "segment_mask", "sinusoidal_encoding", "greedy_search", "beam_search", "ids_until_eos",
     "length_penalty", "stack_layer_params", "unstack_layer_params",
 ]

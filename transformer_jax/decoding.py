@@ -24,8 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer_jax.config import TransformerConfig
-from transformer_jax.model import Transformer
-from transformer_jax.model import init_cache
+from transformer_jax.model import Transformer, init_cache
 
 Array = jax.Array
 
@@ -163,8 +162,6 @@ def _prepare(model, params, src, max_len, min_len):
 
 
 # ----------------------------------------------------------------------------- shared pieces
-
-
 
 
 def _decode_step(model, params, cache, encoded_BxSxD, src_BxS, tokens_B):

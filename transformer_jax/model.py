@@ -133,10 +133,15 @@ def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
   return cfg.attention_impl  # "xla" or "cudnn"
 
 
-def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None) -> Array:
-  """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`."""
+def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
+                     heads_first: bool = False) -> Array:
+  """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`.
+
+  With `heads_first`, the keys are laid out `[B, H, S, K]` (the decoding caches).
+  """
   scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-  logits_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q_BxTxHxK, k_BxSxHxK,
+  spec = "bthk,bhsk->bhts" if heads_first else "bthk,bshk->bhts"
+  logits_BxHxTxS = jnp.einsum(spec, q_BxTxHxK, k_BxSxHxK,
                               preferred_element_type=jnp.float32) * scale
   if mask is not None:
     # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
@@ -144,13 +149,14 @@ def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None) -> 
   return jax.nn.softmax(logits_BxHxTxS, axis=-1)
 
 
-def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float,
-            dropout_rng: Array | None) -> Array:
+def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float = 0.0,
+            dropout_rng: Array | None = None, *, heads_first: bool = False) -> Array:
   """The weighted sum of values `[B, T, H, K]`, with optional dropout on the weights."""
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
     probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
-  return jnp.einsum("bhts,bshk->bthk", probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+  spec = "bhts,bhsk->bthk" if heads_first else "bhts,bshk->bthk"
+  return jnp.einsum(spec, probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
 
 
 def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: Array | None,
@@ -215,16 +221,8 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
           heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
-    if q_BxTxHxK.shape[1] != 1:  # The cache-initializing call (its output is never used).
-      return plain_attention(q_BxTxHxK, jnp.swapaxes(k_BxHxSxK, 1, 2),
-                             jnp.swapaxes(v_BxHxSxK, 1, 2), mask)
-    scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-    logits_BxHxTxS = jnp.einsum("bthk,bhsk->bhts", q_BxTxHxK, k_BxHxSxK,
-                                preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-      logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxTxS = jax.nn.softmax(logits_BxHxTxS, axis=-1)
-    return jnp.einsum("bhts,bhsk->bthk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+    probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxHxSxK, mask, heads_first=True)
+    return _attend(probs_BxHxTxS, v_BxHxSxK, heads_first=True)
 
   def _update_cache(self, k_BxHx1xK, v_BxHx1xK, mask):
     is_initialized = self.has_variable("cache", "cached_key")
