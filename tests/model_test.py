@@ -224,6 +224,48 @@ def test_cached_decoding_equals_full_forward(overrides):
     np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(scan_layers=True)])
+def test_beam_slot_history_equals_full_forward_of_each_hypothesis(overrides):
+  # Beam search never moves the cache: each step hypothesis n writes into slot n, and the slot
+  # history (gathered by a random origin here, as top-k would) must make every hypothesis's
+  # logits those of the full forward pass over its own token sequence.
+  config = _config(**overrides)
+  model = Transformer(config)
+  params = _init(config)
+  beams, length = 3, 5
+  rng = np.random.default_rng(0)
+  encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
+  cache = init_cache(model, params, encoded, SRC, length, beam_size=beams)
+  step_fn = jax.jit(functools.partial(model.apply, decode=True, method=Transformer.decode,
+                                      mutable=["cache"]))
+  batch = SRC.shape[0]
+  # Sequences padded to `length` with token 1: the causal mask makes what follows t irrelevant.
+  seqs = np.ones((batch, beams, length), np.int32)
+  history = np.zeros((batch, beams, length), np.int32)
+  step_logits, step_seqs = [], []
+  for t in range(length):
+    tokens = rng.integers(1, VOCAB, (batch, beams)).astype(np.int32)
+    tokens[0, 1] = config.pad_id if t == 2 else tokens[0, 1]  # A generated pad is masked too.
+    seqs[:, :, t] = tokens
+    history[:, :, t] = np.arange(beams)
+    logits, updates = step_fn({"params": params, "cache": cache}, encoded, SRC, tokens,
+                              beam_history=history)
+    cache = updates["cache"]
+    step_logits.append(np.asarray(logits))
+    step_seqs.append(seqs.copy())
+    origin = rng.integers(0, beams, (batch, beams))
+    seqs = np.take_along_axis(seqs, origin[..., None], axis=1)
+    history = np.take_along_axis(history, origin[..., None], axis=1)
+  # One full forward pass over every (step, row, hypothesis) sequence.
+  full = _apply(config, params, np.repeat(SRC, beams, axis=0)[None].repeat(length, 0).reshape(
+      -1, SRC.shape[1]), np.stack(step_seqs).reshape(-1, length))
+  full = np.asarray(full).reshape(length, batch, beams, length, VOCAB)
+  for t in range(length):
+    np.testing.assert_allclose(step_logits[t], full[t, :, :, t], atol=1e-5)
+  with pytest.raises(ValueError, match="beam_history must be"):
+    step_fn({"params": params, "cache": cache}, encoded, SRC, tokens, beam_history=history[:, :2])
+
+
 def test_variants():
   pre = _config(pre_norm=True)
   assert "final_norm" in _init(pre)["encoder"] and "final_norm" not in _init(CONFIG)["encoder"]

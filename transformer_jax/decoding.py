@@ -2,8 +2,11 @@
 
 Shape legend as in `model.py`, plus N beam size (K is taken by head_dim).
 
-The encoder runs once; the decoder is fed one token per step and keeps its keys and values in
-the "cache" collection (`Transformer.decode(..., decode=True)`). Both searches stop as soon as
+The encoder runs once per source row; the decoder is fed one token per hypothesis per step and
+keeps its keys and values in the "cache" collection (`Transformer.decode(..., decode=True)`).
+Beam search never moves the cache: hypothesis n writes into slot n of its row, and a small
+int32 table of which slot holds each hypothesis's earlier tokens is reordered instead (the
+self-attention mask follows it). Both searches stop as soon as
 every row is done, and a row that is done is frozen, so that a row decodes in a padded batch
 exactly as it would alone. The compiled functions are module-level `jax.jit`s keyed on the
 config and the static lengths, so repeated calls with the same shapes do not recompile.
@@ -164,12 +167,12 @@ def _prepare(model, params, src, max_len, min_len):
 # ----------------------------------------------------------------------------- shared pieces
 
 
-def _decode_step(model, params, cache, encoded_BxSxD, src_BxS, tokens_B):
-  """One cached decoder step: float32 logits `[B, V]` for the next token, and the new cache."""
-  logits_Bx1xV, updates = model.apply({"params": params, "cache": cache}, encoded_BxSxD, src_BxS,
-                                      tokens_B[:, None], decode=True, method=Transformer.decode,
-                                      mutable=["cache"])
-  return logits_Bx1xV[:, 0], updates["cache"]
+def _decode_step(model, params, cache, encoded_BxSxD, src_BxS, tokens_BxN, history_BxNxL=None):
+  """One cached decoder step for N hypotheses per row: float32 logits `[B, N, V]`, new cache."""
+  logits_BxNxV, updates = model.apply({"params": params, "cache": cache}, encoded_BxSxD, src_BxS,
+                                      tokens_BxN, decode=True, beam_history=history_BxNxL,
+                                      method=Transformer.decode, mutable=["cache"])
+  return logits_BxNxV, updates["cache"]
 
 
 def _mask_eos(scores_xV: Array, step: Array, min_len: Array, eos_id: int) -> Array:
@@ -197,7 +200,8 @@ def _greedy(params, src_BxS, limit_B, min_len, *, config: TransformerConfig, max
 
   def body(state):
     step, tokens_BxT, last_B, finished_B, cache = state
-    logits_BxV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS, last_B)
+    logits_Bx1xV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS, last_B[:, None])
+    logits_BxV = logits_Bx1xV[:, 0]
     next_B = jnp.argmax(_mask_eos(logits_BxV, step, min_len, config.eos_id), axis=-1)
     next_B = next_B.astype(jnp.int32)
     active_B = ~done(step, finished_B)
@@ -221,7 +225,8 @@ class _BeamState(NamedTuple):
   alive_logprobs_BxN: Array  # Their summed log-probabilities (-inf: no hypothesis).
   finished_seqs_BxNxT: Array
   finished_scores_BxN: Array  # Length-penalized scores, best first (-inf: empty slot).
-  cache: Any                 # Decoder cache over the flattened batch B*N.
+  history_BxNxT: Array       # The cache slot holding each alive hypothesis's token at each step.
+  cache: Any                 # Decoder cache: N slots per row, written in place, never reordered.
 
 
 def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
@@ -230,40 +235,14 @@ def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
   return jnp.take_along_axis(x_BxNx_, index, axis=1)
 
 
-def _reorder_cache(cache, origin_BxN: Array, config: TransformerConfig):
-  """Reorders every cache leaf along its flattened-batch axis to follow the surviving beams.
-
-  Scanned layers (`scan_layers=True`) keep their cache with a leading layer axis
-  `[layers, B*N, ...]`; everything else has the batch first. Counters have no batch axis.
-  """
-  batch, beams = origin_BxN.shape
-  flat_BN = (jnp.arange(batch)[:, None] * beams + origin_BxN).reshape(-1)
-
-  def reorder(path, leaf):
-    if getattr(path[-1], "key", None) in ("cross_key", "cross_value"):
-      return leaf  # The encoder's keys/values: the same for every beam of a row.
-    scanned = config.scan_layers and any(getattr(k, "key", None) == "layers" for k in path)
-    axis = 1 if scanned else 0
-    if leaf.ndim <= axis:
-      return leaf  # cache_index / position counters.
-    if leaf.shape[axis] != batch * beams:
-      raise ValueError(f"Cache leaf {jax.tree_util.keystr(path)} of shape {leaf.shape} has no "
-                       f"batch*beams={batch * beams} axis at {axis}; the cache layout changed.")
-    return jnp.take(leaf, flat_BN, axis=axis, mode="clip")  # In bounds: no fill select.
-
-  return jax.tree_util.tree_map_with_path(reorder, cache)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len"))
 def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig, beam_size: int,
           max_len: int):
   model = Transformer(config)
   batch, beams, vocab = src_BxS.shape[0], beam_size, config.vocab_size
   eos = config.eos_id
+  # The encoder runs, and the encoder-decoder keys/values are projected, once per source row.
   encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
-  # Beams are flattened into the batch: row b * N + n. The encoder ran once per source.
-  src_BNxS = jnp.repeat(src_BxS, beams, axis=0)
-  encoded_BNxSxD = jnp.repeat(encoded_BxSxD, beams, axis=0)
   penalty = lambda length: length_penalty(jnp.asarray(length, jnp.float32), alpha)
 
   def row_done(state: _BeamState) -> Array:
@@ -280,16 +259,23 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
   def body(state: _BeamState) -> _BeamState:
     step = state.step
     done_B = row_done(state)
-    last_BN = jax.lax.dynamic_index_in_dim(state.alive_seqs_BxNxT, step - 1, axis=2,
-                                           keepdims=False).reshape(-1)
-    last_BN = jnp.where(step == 0, config.bos_id, last_BN)
-    logits_BNxV, cache = _decode_step(model, params, state.cache, encoded_BNxSxD, src_BNxS,
-                                      last_BN)
-    logprobs_BxNxV = jax.nn.log_softmax(logits_BNxV, axis=-1).reshape(batch, beams, vocab)
-    logprobs_BxNxV = _mask_eos(logprobs_BxNxV, step, min_len, eos)
+    last_BxN = jax.lax.dynamic_index_in_dim(state.alive_seqs_BxNxT, step - 1, axis=2,
+                                            keepdims=False)
+    last_BxN = jnp.where(step == 0, config.bos_id, last_BxN)
+    # Hypothesis n writes this step's keys/values into slot n; earlier ones stay where they are.
+    slots_BxN = jnp.broadcast_to(jnp.arange(beams, dtype=jnp.int32), (batch, beams))
+    history_BxNxT = _set_step(state.history_BxNxT, step, slots_BxN)
+    logits_BxNxV, cache = _decode_step(model, params, state.cache, encoded_BxSxD, src_BxS,
+                                       last_BxN, history_BxNxT)
+    # log_softmax without materializing it: log p = (logit - max) - log(sum exp(logit - max)).
+    max_BxNx1 = jnp.max(logits_BxNxV, axis=-1, keepdims=True)
+    log_sum_BxNx1 = jnp.log(jnp.sum(jnp.exp(logits_BxNxV - max_BxNx1), axis=-1, keepdims=True))
+    logprob = lambda logits_BxNx_: (logits_BxNx_ - max_BxNx1) - log_sum_BxNx1
 
     # Finished candidates: every alive hypothesis extended by EOS, merged with the finished.
-    new_scores_BxN = (state.alive_logprobs_BxN + logprobs_BxNxV[..., eos]) / penalty(step + 1)
+    eos_logprob_BxN = logprob(logits_BxNxV[..., eos:eos + 1])[..., 0]
+    eos_logprob_BxN = jnp.where(step < min_len, _NEG_INF, eos_logprob_BxN)
+    new_scores_BxN = (state.alive_logprobs_BxN + eos_logprob_BxN) / penalty(step + 1)
     new_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, step, jnp.full_like(new_scores_BxN, eos,
                                                                            jnp.int32))
     scores_Bx2N = jnp.concatenate([state.finished_scores_BxN, new_scores_BxN], axis=1)
@@ -297,14 +283,18 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
     finished_scores_BxN, best_BxN = jax.lax.top_k(scores_Bx2N, beams)  # Ties keep the older.
     finished_seqs_BxNxT = _gather_beams(seqs_Bx2NxT, best_BxN)
 
-    # Alive candidates: every alive hypothesis extended by any token but EOS.
-    candidates_BxNxV = state.alive_logprobs_BxN[..., None] + logprobs_BxNxV.at[..., eos].set(
-        _NEG_INF)
-    alive_logprobs_BxN, flat_BxN = jax.lax.top_k(candidates_BxNxV.reshape(batch, -1), beams)
-    origin_BxN, token_BxN = flat_BxN // vocab, (flat_BxN % vocab).astype(jnp.int32)
+    # Alive candidates: every alive hypothesis extended by any token but EOS. Log-probabilities
+    # rank like logits within a hypothesis, so its best N + 1 logits (EOS dropped) hold all of
+    # its candidates that can make the top N: two small top-k's instead of one over N * V.
+    top_logits_BxNxM, top_tokens_BxNxM = jax.lax.top_k(logits_BxNxV, min(beams + 1, vocab))
+    top_logprobs_BxNxM = jnp.where(top_tokens_BxNxM == eos, _NEG_INF, logprob(top_logits_BxNxM))
+    candidates_BxNxM = state.alive_logprobs_BxN[..., None] + top_logprobs_BxNxM
+    alive_logprobs_BxN, flat_BxN = jax.lax.top_k(candidates_BxNxM.reshape(batch, -1), beams)
+    origin_BxN = flat_BxN // top_tokens_BxNxM.shape[-1]
+    token_BxN = jnp.take_along_axis(top_tokens_BxNxM.reshape(batch, -1), flat_BxN, axis=1)
     alive_seqs_BxNxT = _set_step(_gather_beams(state.alive_seqs_BxNxT, origin_BxN), step,
                                  token_BxN)
-    cache = _reorder_cache(cache, origin_BxN, config)
+    history_BxNxT = _gather_beams(history_BxNxT, origin_BxN)  # Instead of moving the cache.
 
     # Rows already done keep their hypotheses, so a row ends as it would alone.
     keep = lambda old, new: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
@@ -314,6 +304,7 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
         alive_logprobs_BxN=keep(state.alive_logprobs_BxN, alive_logprobs_BxN),
         finished_seqs_BxNxT=keep(state.finished_seqs_BxNxT, finished_seqs_BxNxT),
         finished_scores_BxN=keep(state.finished_scores_BxN, finished_scores_BxN),
+        history_BxNxT=history_BxNxT,
         cache=cache)
 
   empty_BxNxT = jnp.full((batch, beams, max_len), config.pad_id, jnp.int32)
@@ -324,7 +315,8 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
       alive_logprobs_BxN=no_scores_BxN.at[:, 0].set(0.0),  # One live hypothesis: BOS.
       finished_seqs_BxNxT=empty_BxNxT,
       finished_scores_BxN=no_scores_BxN,
-      cache=init_cache(model, params, encoded_BNxSxD, src_BNxS, max_len))
+      history_BxNxT=jnp.zeros((batch, beams, max_len), jnp.int32),
+      cache=init_cache(model, params, encoded_BxSxD, src_BxS, max_len, beam_size=beams))
   state = jax.lax.while_loop(cond, body, state)
 
   # Finished hypotheses whenever a row has one; otherwise its alive ones, of length limit.

@@ -170,12 +170,16 @@ class MultiHeadAttention(nn.Module):
   """Multi-head attention: self, causal or cross, with an optional key/value cache.
 
   `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])` returns `[B, T, D]`.
-  With `decode=True` the keys and values live in the "cache" collection, heads first
-  `[B, H, S, K]`: the layout both attention matmuls read directly, so a decoding step copies
-  nothing. Self-attention (one new token per call) appends to a cache sized by the first
-  (initializing) call and builds its mask from the cache position; cross-attention (`cross=True`)
-  projects the encoder output once, on the initializing call, and reuses it every step. Create
-  the cache with `init_cache`, which runs that call with the trained parameters.
+  With `decode=True` the keys and values live in the "cache" collection, heads first, in the
+  layout both attention matmuls read directly, so a decoding step copies nothing. Cross-attention
+  (`cross=True`) projects the encoder output `[B, S, D]` once, on the initializing call, into
+  `[B, H, S, K]` and reuses it every step. Self-attention takes one new token for each of N
+  hypotheses of a row (`inputs_q [B, N, D]`; N = 1 for plain incremental decoding) and writes
+  their keys and values into N slots of a `[B, H, L * N, K]` cache at the current position
+  (position-major: key p * N + slot). Each query attends over all L * N keys of its row, through
+  `mask [B, 1, N, L * N]`: which slot held each of its earlier tokens (beam search follows hypotheses through this mask instead
+  of copying the cache when beams are reordered). The initializing call sizes the cache from that
+  mask's shape; `init_cache` runs it with the trained parameters.
 
   The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
   weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
@@ -211,8 +215,8 @@ class MultiHeadAttention(nn.Module):
           q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
     return out_proj(out_BxTxHxK)
 
-  def _cached_attention(self, q_BxTxHxK, inputs_kv, mask, key, value):
-    """Attention of the new query against the cached keys and values `[B, H, S, K]`."""
+  def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, key, value):
+    """Attention of the new queries against the cached keys and values (heads first)."""
     heads_first = lambda x_BxSxHxK: jnp.swapaxes(x_BxSxHxK, 1, 2)
     if self.cross:
       k_BxHxSxK = self.variable("cache", "cross_key", lambda: heads_first(key(inputs_kv))).value
@@ -221,28 +225,54 @@ class MultiHeadAttention(nn.Module):
     else:
       k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
           heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
-    probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxHxSxK, mask, heads_first=True)
-    return _attend(probs_BxHxTxS, v_BxHxSxK, heads_first=True)
+    # Everything heads first: plain batched matmuls over (B, H), no relayout of the caches.
+    q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2) * (1.0 / math.sqrt(q_BxNxHxK.shape[-1]))
+    logits_BxHxNxS = jnp.einsum("bhnk,bhsk->bhns", q_BxHxNxK, k_BxHxSxK,
+                                preferred_element_type=jnp.float32)
+    if mask is not None:  # None only on the initializing call.
+      logits_BxHxNxS = jnp.where(mask, logits_BxHxNxS, jnp.finfo(jnp.float32).min)
+    probs_BxHxNxS = jax.nn.softmax(logits_BxHxNxS, axis=-1)
+    out_BxHxNxK = jnp.einsum("bhns,bhsk->bhnk", probs_BxHxNxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+    return jnp.swapaxes(out_BxHxNxK, 1, 2)
 
-  def _update_cache(self, k_BxHx1xK, v_BxHx1xK, mask):
+  def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask):
+    """Writes the N new keys/values at the current position; returns the row's L * N of them.
+
+    The cache is `[B, H, L * N, K]`, position-major (key s = p * N + slot), so that one step's
+    N writes are one contiguous in-place update and attention reads the cache as it is.
+    """
+    batch, heads, beams, head_dim = k_BxHxNxK.shape
     is_initialized = self.has_variable("cache", "cached_key")
-    cached_key = self.variable("cache", "cached_key", jnp.zeros, k_BxHx1xK.shape, k_BxHx1xK.dtype)
-    cached_value = self.variable("cache", "cached_value", jnp.zeros, v_BxHx1xK.shape,
-                                 v_BxHx1xK.dtype)
+    if not is_initialized:
+      if mask is None or mask.ndim != 4 or mask.shape[-1] % beams:
+        raise ValueError("The initializing decode=True call of self-attention sizes its cache "
+                         "from a [B, 1, N, L * N] mask; got "
+                         f"{None if mask is None else mask.shape}. Use init_cache.")
+      keys = mask.shape[-1]
+    else:
+      keys = self.get_variable("cache", "cached_key").shape[2]
+    shape = (batch, heads, keys, head_dim)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxHxNxK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxHxNxK.dtype)
     cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    if not is_initialized:  # The initializing call only sizes the cache: [B, H, L, K].
-      return k_BxHx1xK, v_BxHx1xK, mask
-    if k_BxHx1xK.shape[2] != 1:
-      raise ValueError(f"decode=True takes one token per call, got {k_BxHx1xK.shape[2]}.")
+    if not is_initialized:  # The initializing call only sizes the cache.
+      return k_BxHxNxK, v_BxHxNxK, None
+    if cached_key.value.shape[:2] != shape[:2] or keys % beams:
+      raise ValueError(f"decode=True takes one new token per hypothesis, [B, N] = "
+                       f"{(batch, beams)} as when the cache was built "
+                       f"(its [B, H, L * N, K] is {cached_key.value.shape}).")
     index = cache_index.value
-    k_BxHxLxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHx1xK, (0, 0, index, 0))
-    v_BxHxLxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHx1xK, (0, 0, index, 0))
-    cached_key.value, cached_value.value = k_BxHxLxK, v_BxHxLxK
+    at = (0, 0, index * beams, 0)
+    k_BxHxSxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHxNxK, at)
+    v_BxHxSxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHxNxK, at)
+    cached_key.value, cached_value.value = k_BxHxSxK, v_BxHxSxK
     cache_index.value = index + 1
-    length = k_BxHxLxK.shape[2]
-    step_mask = (jnp.arange(length) <= index)[None, None, None, :]  # [1, 1, 1, L]
-    mask = step_mask if mask is None else mask & step_mask
-    return k_BxHxLxK, v_BxHxLxK, mask
+    length = keys // beams
+    step_mask = jnp.repeat(jnp.arange(length) <= index, beams)[None, None, None, :]
+    if mask is None:  # Each hypothesis its own slot: N independent continuations.
+      slot_S = jnp.tile(jnp.arange(beams), length)
+      mask = (jnp.arange(beams)[:, None] == slot_S[None, :])[None, None]
+    return k_BxHxSxK, v_BxHxSxK, mask & step_mask
 
 
 # ----------------------------------------------------------------------------- layers
@@ -367,10 +397,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Embeds the shifted target and applies N decoder layers, then the output projection.
 
-  Returns float32 logits `[B, T, V]`. With `decode=True`, `tgt_in` is one token per row
-  `[B, 1]`, its position is read from (and advanced in) the cache unless given. The cache also
-  remembers which fed tokens were padding, so that they are masked as keys exactly as in the
-  full forward pass (a decoder may generate `pad_id`).
+  Returns float32 logits `[B, T, V]`. With `decode=True`, `tgt_in` `[B, N]` is the next token
+  of each of N hypotheses per row (N = 1: plain incremental decoding), all at the position read
+  from (and advanced in) the cache unless given, and the logits are `[B, N, V]`. The encoder
+  output is per row `[B, S, D]`, shared by the row's hypotheses. `beam_history` `[B, N, L]`
+  says in which of the row's N cache slots each hypothesis's token at each position was written
+  (default: its own slot n); beam search passes it instead of reordering the cache. The cache
+  also remembers which fed tokens were padding, so that they are masked as keys exactly as in
+  the full forward pass (a decoder may generate `pad_id`).
   """
 
   config: TransformerConfig
@@ -379,23 +413,40 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded: Array, src: Array, tgt_in: Array, *, deterministic: bool = True,
                src_segments: Array | None = None, tgt_segments: Array | None = None,
-               tgt_positions: Array | None = None, decode: bool = False) -> Array:
+               tgt_positions: Array | None = None, decode: bool = False,
+               beam_history: Array | None = None) -> Array:
     cfg = self.config
     embed = self.embed if self.embed is not None else SharedEmbedding(cfg, name="tgt_embedding")
     if decode:
       is_initialized = self.has_variable("cache", "position")
+      if not is_initialized and beam_history is None:
+        raise ValueError("The initializing decode=True call sizes the cache from beam_history "
+                         "[B, N, L]; build the cache with init_cache.")
       position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      key_valid_BxL = self.variable("cache", "key_valid", jnp.zeros, tgt_in.shape, bool)
+      batch, beams = tgt_in.shape
+      shape = beam_history.shape if beam_history is not None else None
+      shape = None if shape is None else (shape[0], shape[2], shape[1])
+      key_valid_BxLxN = self.variable("cache", "key_valid", jnp.zeros, shape, bool)
+      length = key_valid_BxLxN.value.shape[1]
+      if beam_history is None:  # Hypothesis n's tokens are all in slot n.
+        beam_history = jnp.broadcast_to(jnp.arange(beams)[None, :, None], (batch, beams, length))
+      if beam_history.shape != (batch, beams, length):
+        raise ValueError(f"beam_history must be [B, N, L] = {(batch, beams, length)} for tgt_in "
+                         f"{tgt_in.shape} and a cache of length {length}; got "
+                         f"{beam_history.shape}.")
       index = position.value
       if tgt_positions is None:
         tgt_positions = jnp.broadcast_to(index, tgt_in.shape)
-      self_mask = None  # The initializing call only sizes the cache.
       if is_initialized:
-        # The causal part of the mask comes from the cache index; padding keys are masked here.
-        key_valid_BxL.value = jax.lax.dynamic_update_slice(
-            key_valid_BxL.value, tgt_in != cfg.pad_id, (0, index))
+        # Padding keys are masked as in the full pass; the causal part comes from the position.
+        key_valid_BxLxN.value = jax.lax.dynamic_update_slice(
+            key_valid_BxLxN.value, (tgt_in != cfg.pad_id)[:, None, :], (0, index, 0))
         position.value = index + 1
-        self_mask = key_valid_BxL.value[:, None, None, :]
+      # Query n sees slot m at position p where its history puts it: [B, 1, N, L * N] with the
+      # keys position-major, as the self-attention caches hold them.
+      in_slot_BxNxLxN = beam_history[..., None] == jnp.arange(beams)
+      self_mask = (in_slot_BxNxLxN & key_valid_BxLxN.value[:, None]).reshape(
+          batch, 1, beams, length * beams)
     else:
       if tgt_positions is None:
         tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
@@ -444,12 +495,17 @@ class Transformer(nn.Module):
 
   def decode(self, encoded: Array, src: Array, tgt_in: Array, *, deterministic: bool = True,
              src_segments: Array | None = None, tgt_segments: Array | None = None,
-             tgt_positions: Array | None = None, decode: bool = False) -> Array:
-    """Encoder output and shifted target ids `[B, T]` -> float32 logits `[B, T, V]`."""
+             tgt_positions: Array | None = None, decode: bool = False,
+             beam_history: Array | None = None) -> Array:
+    """Encoder output and shifted target ids `[B, T]` -> float32 logits `[B, T, V]`.
+
+    With `decode=True` (and a cache from `init_cache`), `tgt_in` `[B, N]` is one new token for
+    each of N hypotheses per row; see `Decoder` for `beam_history`.
+    """
     _check_tokens("tgt_in", tgt_in, self.config)
     return self.decoder(encoded, src, tgt_in, deterministic=deterministic,
                         src_segments=src_segments, tgt_segments=tgt_segments,
-                        tgt_positions=tgt_positions, decode=decode)
+                        tgt_positions=tgt_positions, decode=decode, beam_history=beam_history)
 
   def __call__(self, src: Array, tgt_in: Array, *, deterministic: bool = True,
                src_segments: Array | None = None, tgt_segments: Array | None = None,
@@ -463,15 +519,21 @@ class Transformer(nn.Module):
 
 
 def init_cache(model: Transformer, params, encoded_BxSxD: Array, src_BxS: Array,
-               length: int):
+               length: int, beam_size: int = 1):
   """The decoding cache for up to `length` steps of `Transformer.decode(..., decode=True)`.
 
-  Self-attention caches start empty; the encoder-decoder keys and values are projected from
-  `encoded_BxSxD` with `params` (the "params" collection), once, here.
+  Sized for `beam_size` hypotheses per source row (each step then feeds `[B, beam_size]`
+  tokens). Self-attention caches start empty; the encoder-decoder keys and values are projected
+  from `encoded_BxSxD` with `params` (the "params" collection), once, here.
   """
-  tgt_BxL = jnp.zeros((src_BxS.shape[0], length), jnp.int32)
-  _, variables = model.apply({"params": params}, encoded_BxSxD, src_BxS, tgt_BxL, decode=True,
-                             method=Transformer.decode, mutable=["cache"])
+  if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
+    raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+  batch = src_BxS.shape[0]
+  tgt_BxN = jnp.zeros((batch, beam_size), jnp.int32)
+  history_BxNxL = jnp.zeros((batch, beam_size, length), jnp.int32)
+  _, variables = model.apply({"params": params}, encoded_BxSxD, src_BxS, tgt_BxN, decode=True,
+                             beam_history=history_BxNxL, method=Transformer.decode,
+                             mutable=["cache"])
   return variables["cache"]
 
 
