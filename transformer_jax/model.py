@@ -137,10 +137,10 @@ def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
                      heads_first: bool = False) -> Array:
   """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`.
 
-  With `heads_first`, the keys are laid out `[B, H, S, K]` (the decoding caches).
+  With `heads_first`, queries and keys are laid out `[B, H, T, K]` and `[B, H, S, K]` (decoding).
   """
   scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-  spec = "bthk,bhsk->bhts" if heads_first else "bthk,bshk->bhts"
+  spec = "bhtk,bhsk->bhts" if heads_first else "bthk,bshk->bhts"
   logits_BxHxTxS = jnp.einsum(spec, q_BxTxHxK, k_BxSxHxK,
                               preferred_element_type=jnp.float32) * scale
   if mask is not None:
@@ -151,11 +151,12 @@ def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
 
 def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float = 0.0,
             dropout_rng: Array | None = None, *, heads_first: bool = False) -> Array:
-  """The weighted sum of values `[B, T, H, K]`, with optional dropout on the weights."""
+  """The weighted sum of values `[B, T, H, K]` (`[B, H, T, K]` with `heads_first`), with optional
+  dropout on the weights."""
   if dropout_rate > 0.0 and dropout_rng is not None:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
     probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
-  spec = "bhts,bhsk->bthk" if heads_first else "bhts,bshk->bthk"
+  spec = "bhts,bhsk->bhtk" if heads_first else "bhts,bshk->bthk"
   return jnp.einsum(spec, probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
 
 
@@ -226,14 +227,9 @@ class MultiHeadAttention(nn.Module):
       k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
           heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
     # Everything heads first: plain batched matmuls over (B, H), no relayout of the caches.
-    q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2) * (1.0 / math.sqrt(q_BxNxHxK.shape[-1]))
-    logits_BxHxNxS = jnp.einsum("bhnk,bhsk->bhns", q_BxHxNxK, k_BxHxSxK,
-                                preferred_element_type=jnp.float32)
-    if mask is not None:  # None only on the initializing call.
-      logits_BxHxNxS = jnp.where(mask, logits_BxHxNxS, jnp.finfo(jnp.float32).min)
-    probs_BxHxNxS = jax.nn.softmax(logits_BxHxNxS, axis=-1)
-    out_BxHxNxK = jnp.einsum("bhns,bhsk->bhnk", probs_BxHxNxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
-    return jnp.swapaxes(out_BxHxNxK, 1, 2)
+    q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2)
+    probs_BxHxNxS = _attention_probs(q_BxHxNxK, k_BxHxSxK, mask, heads_first=True)
+    return jnp.swapaxes(_attend(probs_BxHxNxS, v_BxHxSxK, heads_first=True), 1, 2)
 
   def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask):
     """Writes the N new keys/values at the current position; returns the row's L * N of them.
