@@ -27,7 +27,7 @@ def get_config():
   m.d_ff = 512
   m.num_encoder_layers = 4
   m.num_decoder_layers = 4
-  m.dropout_rate = 0.3
+  m.dropout_rate = 0.1            # By val BLEU: 0.1 > 0.2 > 0.3 at 25 epochs (see README).
   m.max_len = 256
 
   d = c.data
@@ -47,6 +47,6 @@ def get_config():
   o = c.optim
   o.schedule = "cosine"
   o.warmup_steps = 500
-  o.peak_learning_rate = 3e-3
+  o.peak_learning_rate = 4e-3
   o.grad_clip_norm = 1.0
   return c
