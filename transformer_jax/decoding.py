@@ -6,9 +6,8 @@ The encoder runs once per source row; the decoder is fed one token per hypothesi
 keeps its keys and values in the "cache" collection (`Transformer.decode(..., decode=True)`).
 Beam search never moves the cache: hypothesis n writes into slot n of its row, and a small
 int32 table of which slot holds each hypothesis's earlier tokens is reordered instead (the
-self-attention mask follows it). Both searches stop as soon as
-every row is done, and a row that is done is frozen, so that a row decodes in a padded batch
-exactly as it would alone. The compiled functions are module-level `jax.jit`s keyed on the
+self-attention mask follows it). Both searches stop as soon as every row is done, and a row
+that is done is frozen, so that a row decodes in a padded batch exactly as it would alone. The compiled functions are module-level `jax.jit`s keyed on the
 config and the static lengths, so repeated calls with the same shapes do not recompile.
 
 Generated tokens exclude BOS, include EOS, and are `pad_id` after it. Nothing but EOS (before
@@ -200,9 +199,9 @@ def _greedy(params, src_BxS, limit_B, min_len, *, config: TransformerConfig, max
 
   def body(state):
     step, tokens_BxT, last_B, finished_B, cache = state
-    logits_Bx1xV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS, last_B[:, None])
-    logits_BxV = logits_Bx1xV[:, 0]
-    next_B = jnp.argmax(_mask_eos(logits_BxV, step, min_len, config.eos_id), axis=-1)
+    logits_Bx1xV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS,
+                                       last_B[:, None])
+    next_B = jnp.argmax(_mask_eos(logits_Bx1xV[:, 0], step, min_len, config.eos_id), axis=-1)
     next_B = next_B.astype(jnp.int32)
     active_B = ~done(step, finished_B)
     written_B = jnp.where(active_B, next_B, config.pad_id)

@@ -420,9 +420,9 @@ class Decoder(nn.Module):
                          "[B, N, L]; build the cache with init_cache.")
       position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
       batch, beams = tgt_in.shape
-      shape = beam_history.shape if beam_history is not None else None
-      shape = None if shape is None else (shape[0], shape[2], shape[1])
-      key_valid_BxLxN = self.variable("cache", "key_valid", jnp.zeros, shape, bool)
+      # Sized on the initializing call only, from beam_history [B, N, L]: [B, L, N].
+      key_valid_BxLxN = self.variable("cache", "key_valid", lambda: jnp.zeros(
+          jnp.swapaxes(beam_history, 1, 2).shape, bool))
       length = key_valid_BxLxN.value.shape[1]
       if beam_history is None:  # Hypothesis n's tokens are all in slot n.
         beam_history = jnp.broadcast_to(jnp.arange(beams)[None, :, None], (batch, beams, length))
