@@ -5,8 +5,6 @@ translates one sentence per line (stdin by default) with beam search, writes the
 input order (stdout by default), and with `--reference` prints sacreBLEU and chrF.
 """
 
-import gzip
-import os
 import sys
 
 from absl import app, flags
@@ -32,58 +30,16 @@ flags.DEFINE_integer("attention_head", -1, "Head to plot (-1 = mean over heads).
 FLAGS = flags.FLAGS
 
 
-def _read_lines(path):
-  if path == "-":
-    return sys.stdin.read().splitlines()
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--input/--reference file {path} does not exist.")
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return f.read().splitlines()
-
-
-def load_translator(workdir, checkpoint="latest"):
-  """(model, params, tokenizer, description) for a trained workdir."""
-  from transformer_jax import checkpoint as checkpoint_lib
-  from transformer_jax import Transformer
-  from transformer_jax.data import Tokenizer
-  from transformer_jax.train_lib import build_model_config
-
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  tokenizer_path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.isfile(tokenizer_path):
-    raise FileNotFoundError(f"{tokenizer_path} is missing: is {workdir} a training workdir?")
-  if checkpoint == "latest":
-    params, step, config = checkpoint_lib.load_params(workdir)
-    what = f"checkpoint {step}"
-  elif checkpoint == "averaged":
-    params, step, config = checkpoint_lib.load_params(workdir, subdir="averaged")
-    what = f"averaged checkpoint ending at {step}"
-  elif checkpoint.startswith("average:"):
-    params, steps, config = checkpoint_lib.average_params(workdir, int(checkpoint.split(":")[1]))
-    what = f"average of checkpoints {steps}"
-  elif checkpoint.isdigit():
-    params, step, config = checkpoint_lib.load_params(workdir, int(checkpoint))
-    what = f"checkpoint {step}"
-  else:
-    raise ValueError(f"--checkpoint={checkpoint!r}: use latest, a step, average:N or averaged.")
-  tokenizer = Tokenizer.load(tokenizer_path)
-  model_config = build_model_config(config["model"], vocab_size=tokenizer.vocab_size,
-                                    bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-  return Transformer(model_config), params, tokenizer, what
-
-
 def main(argv):
   del argv
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
-  from transformer_jax import evaluation
+  from transformer_jax import evaluation, inference
 
   try:
-    model, params, tokenizer, what = load_translator(FLAGS.workdir, FLAGS.checkpoint)
-    lines = _read_lines(FLAGS.input)
-    references = _read_lines(FLAGS.reference) if FLAGS.reference else None
+    model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
+    lines = inference.read_lines(FLAGS.input)
+    references = inference.read_lines(FLAGS.reference) if FLAGS.reference else None
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -93,3 +94,44 @@ def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
   np.testing.assert_allclose(written[key[0]][key[1]], mean[key[0]][key[1]])
   with pytest.raises(ValueError, match="holds 2"):
     checkpoint_lib.average_params(workdir, 5)
+
+
+def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir, tmp_path):
+  from transformer_jax import evaluation, inference
+  lines = ["2019-03-04", "1999-12-31", "2001-01-01", "1987-06-15"]
+  model, params, tokenizer, _ = inference.load_translator(workdir, "latest")
+  # References are the latest checkpoint's own greedy output (this barely trained model's beams
+  # end at once): that row scores 100, the others less.
+  references = evaluation.translate(model, params, tokenizer, lines, greedy=True)
+  src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
+  src.write_text("\n".join(lines) + "\n")
+  ref.write_text("\n".join(references) + "\n")
+  out = tmp_path / "tuning.json"
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}",
+                "--checkpoints=latest,average:2", "--beam_sizes=1,2", "--alphas=0.6,1.0",
+                f"--output_json={out}")
+  assert result.returncode == 0, result.stderr
+  table = json.loads(out.read_text())
+  # Per checkpoint: one greedy row (alpha does not apply) and one row per alpha at beam 2.
+  settings = [(r["checkpoint"], r["beam_size"], r["alpha"]) for r in table["rows"]]
+  assert settings == [("latest", 1, 0.6), ("latest", 2, 0.6), ("latest", 2, 1.0),
+                      ("average:2", 1, 0.6), ("average:2", 2, 0.6), ("average:2", 2, 1.0)]
+  row = table["rows"][0]
+  assert row["bleu"] == pytest.approx(100.0) and row["checkpoint_steps"] == "checkpoint 20"
+  assert table["rows"][1]["bleu"] < 100.0
+  assert table["best"]["bleu"] == max(r["bleu"] for r in table["rows"]) == pytest.approx(100.0)
+  assert "best: --checkpoint" in result.stdout
+
+
+def test_tune_decoding_errors(workdir, tmp_path):
+  src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
+  src.write_text("2019-03-04\n1999-12-31\n")
+  ref.write_text("only one line\n")
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}")
+  assert result.returncode == 1 and "line-aligned" in result.stderr
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
+                "--alphas=0.6,high")
+  assert result.returncode == 1 and "--alphas=0.6,high" in result.stderr
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
+                "--checkpoints=average:9")
+  assert result.returncode == 1 and "holds 2" in result.stderr

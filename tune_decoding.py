@@ -1,0 +1,93 @@
+"""Choose decoding settings on a development set: `python tune_decoding.py --workdir W --input
+val.src --reference val.tgt [--checkpoints average:5,latest] [--beam_sizes 5] [--alphas 0.6,1.0]`.
+
+Translates the development set once per (checkpoint, beam size, length penalty alpha), prints
+BLEU and chrF for each, and writes them with the best setting (by BLEU) to
+WORKDIR/decode_tuning.json. Tune on validation data only; then decode the test set once with the
+chosen setting through translate.py.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_string("workdir", None, "Training workdir.", required=True)
+flags.DEFINE_string("input", None, "Development-set sources (.gz is read compressed).",
+                    required=True)
+flags.DEFINE_string("reference", None, "Development-set references, line-aligned with --input.",
+                    required=True)
+flags.DEFINE_list("checkpoints", ["average:5"], "Checkpoints to compare: latest, a step, "
+                  "average:N or averaged.")
+flags.DEFINE_list("beam_sizes", ["5"], "Beam sizes to compare (1 = greedy).")
+flags.DEFINE_list("alphas", ["0.6", "0.8", "1.0", "1.2", "1.4"], "Length penalties to compare.")
+flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for tokenized text.")
+flags.DEFINE_bool("lowercase", False, "Case-insensitive BLEU/chrF.")
+flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
+flags.DEFINE_string("output_json", None, "Where to write the table (default "
+                    "WORKDIR/decode_tuning.json).")
+FLAGS = flags.FLAGS
+
+
+def _numbers(name, values, kind):
+  try:
+    return [kind(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{name}={','.join(values)}: expected a comma-separated list of "
+                     f"{kind.__name__} values.") from None
+
+
+def main(argv):
+  del argv
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+  from transformer_jax import evaluation, inference
+
+  try:
+    beam_sizes = _numbers("beam_sizes", FLAGS.beam_sizes, int)
+    alphas = _numbers("alphas", FLAGS.alphas, float)
+    if not FLAGS.checkpoints or not beam_sizes or not alphas:
+      raise ValueError("--checkpoints, --beam_sizes and --alphas each need at least one value.")
+    sources = inference.read_lines(FLAGS.input)
+    references = inference.read_lines(FLAGS.reference)
+    if len(sources) != len(references):
+      raise ValueError(f"{FLAGS.reference} has {len(references)} lines but {FLAGS.input} has "
+                       f"{len(sources)}: they must be line-aligned.")
+    loaded = [inference.load_translator(FLAGS.workdir, c) for c in FLAGS.checkpoints]
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+  rows = []
+  print(f"{'checkpoint':<16}{'beam':>5}{'alpha':>7}{'BLEU':>8}{'chrF':>8}{'seconds':>9}")
+  for checkpoint, (model, params, tokenizer, what) in zip(FLAGS.checkpoints, loaded):
+    for beam_size in beam_sizes:
+      # Greedy search has no length penalty: one row stands for every alpha.
+      for alpha in alphas if beam_size > 1 else alphas[:1]:
+        start = time.perf_counter()
+        _, scores = evaluation.translate_and_score(
+            model, params, tokenizer, sources, references, tokenize=FLAGS.bleu_tokenize,
+            lowercase=FLAGS.lowercase, beam_size=max(beam_size, 1), alpha=alpha,
+            greedy=beam_size <= 1, batch_tokens=FLAGS.batch_tokens)
+        row = {"checkpoint": checkpoint, "checkpoint_steps": what, "beam_size": beam_size,
+               "alpha": alpha, "bleu": scores["bleu"].score, "chrf": scores["chrf"].score,
+               "seconds": round(time.perf_counter() - start, 1),
+               "signature": scores["bleu"].signature}
+        rows.append(row)
+        print(f"{checkpoint:<16}{beam_size:>5}{alpha:>7.2f}{row['bleu']:>8.2f}"
+              f"{row['chrf']:>8.2f}{row['seconds']:>9.1f}", flush=True)
+  best = max(rows, key=lambda r: r["bleu"])
+  print(f"best: --checkpoint {best['checkpoint']} --beam_size {best['beam_size']} "
+        f"--alpha {best['alpha']} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
+        f"{best['signature']})")
+  path = FLAGS.output_json or os.path.join(FLAGS.workdir, "decode_tuning.json")
+  with open(path, "w") as f:
+    json.dump({"input": FLAGS.input, "reference": FLAGS.reference, "rows": rows, "best": best},
+              f, indent=1)
+  print(f"Written to {path}.")
+
+
+if __name__ == "__main__":
+  app.run(main)
