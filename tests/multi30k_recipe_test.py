@@ -12,7 +12,7 @@ TINY = ("--config.num_train_steps=10 --config.checkpoint_every_steps=2 --config.
 
 
 def _recipe(*args, **env):
-  env = dict(os.environ, XLA_FLAGS="", TRAIN_FLAGS=TINY, BEAM="2", **env)
+  env = dict(os.environ, XLA_FLAGS="", TRAIN_FLAGS=TINY, BEAM="2", ALPHAS="0.6,1.0", **env)
   return subprocess.run(["bash", "benchmarks/multi30k.sh", *map(str, args)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -27,6 +27,12 @@ def test_recipe_trains_averages_translates_and_scores(multi30k_dir, tmp_path):
   assert "tok:none" in (workdir / "test_score.txt").read_text()
   assert len((workdir / "test.hyp").read_text().split("\n")) == 1001  # 1,000 lines + final \n.
   assert (workdir / "averaged").is_dir()
+  # The length penalty was picked on val, among ALPHAS, and used for test.
+  tuning = json.loads((workdir / "decode_tuning.json").read_text())
+  assert [r["alpha"] for r in tuning["rows"]] == [0.6, 1.0]
+  assert "val.lc.norm.tok.de" in tuning["input"] and tuning["rows"][0]["checkpoint"] == "averaged"
+  best = max(tuning["rows"], key=lambda r: r["bleu"])
+  assert results["alpha"] == tuning["best"]["alpha"] == best["alpha"]
   # A second run refuses to overwrite the timed workdir; a bad variant is refused.
   again = _recipe("tok", "de-en", multi30k_dir, workdir)
   assert again.returncode == 2 and "exists" in again.stderr
