@@ -55,14 +55,21 @@ def main(argv):
     if len(sources) != len(references):
       raise ValueError(f"{FLAGS.reference} has {len(references)} lines but {FLAGS.input} has "
                        f"{len(sources)}: they must be line-aligned.")
-    loaded = [inference.load_translator(FLAGS.workdir, c) for c in FLAGS.checkpoints]
+    # Every checkpoint of a workdir shares its model and tokenizer: load those once. All
+    # checkpoints load before decoding starts, so a bad one fails at once.
+    model, params, tokenizer, what = inference.load_translator(FLAGS.workdir,
+                                                               FLAGS.checkpoints[0])
+    loaded = [(params, what)]
+    for checkpoint in FLAGS.checkpoints[1:]:
+      params, _, what = inference.load_params(FLAGS.workdir, checkpoint)
+      loaded.append((params, what))
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
   rows = []
   print(f"{'checkpoint':<16}{'beam':>5}{'alpha':>7}{'BLEU':>8}{'chrF':>8}{'seconds':>9}")
-  for checkpoint, (model, params, tokenizer, what) in zip(FLAGS.checkpoints, loaded):
+  for checkpoint, (params, what) in zip(FLAGS.checkpoints, loaded):
     for beam_size in beam_sizes:
       # Greedy search has no length penalty: one row stands for every alpha.
       for alpha in alphas if beam_size > 1 else alphas[:1]:

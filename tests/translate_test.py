@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import train_lib
+from transformer_jax import evaluation, inference, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,7 +97,6 @@ def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
 
 
 def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir, tmp_path):
-  from transformer_jax import evaluation, inference
   lines = ["2019-03-04", "1999-12-31", "2001-01-01", "1987-06-15"]
   model, params, tokenizer, _ = inference.load_translator(workdir, "latest")
   # References are the latest checkpoint's own greedy output (this barely trained model's beams

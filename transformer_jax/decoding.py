@@ -7,8 +7,9 @@ keeps its keys and values in the "cache" collection (`Transformer.decode(..., de
 Beam search never moves the cache: hypothesis n writes into slot n of its row, and a small
 int32 table of which slot holds each hypothesis's earlier tokens is reordered instead (the
 self-attention mask follows it). Both searches stop as soon as every row is done, and a row
-that is done is frozen, so that a row decodes in a padded batch exactly as it would alone. The compiled functions are module-level `jax.jit`s keyed on the
-config and the static lengths, so repeated calls with the same shapes do not recompile.
+that is done is frozen, so that a row decodes in a padded batch exactly as it would alone. The
+compiled functions are module-level `jax.jit`s keyed on the config and the static lengths, so
+repeated calls with the same shapes do not recompile.
 
 Generated tokens exclude BOS, include EOS, and are `pad_id` after it. Nothing but EOS (before
 `min_len`) is ever forbidden: the searches follow the model's distribution over the whole

@@ -1,4 +1,4 @@
-"""Loading a trained workdir for decoding (model, checkpoint parameters, tokenizer) and its input."""
+"""Loading a trained workdir (model, checkpoint parameters, tokenizer) and text for decoding."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def load_params(workdir: str, checkpoint: str = "latest") -> tuple[Any, dict, st
   if checkpoint == "averaged":
     params, step, config = checkpoint_lib.load_params(workdir, subdir="averaged")
     return params, config, f"averaged checkpoint ending at {step}"
-  if checkpoint.startswith("average:") and checkpoint.split(":", 1)[1].isdigit():
-    params, steps, config = checkpoint_lib.average_params(workdir, int(checkpoint.split(":")[1]))
+  count = checkpoint.removeprefix("average:")
+  if count != checkpoint and count.isdigit():
+    params, steps, config = checkpoint_lib.average_params(workdir, int(count))
     return params, config, f"average of checkpoints {steps}"
   if checkpoint.isdigit():
     params, step, config = checkpoint_lib.load_params(workdir, int(checkpoint))
