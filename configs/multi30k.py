@@ -27,7 +27,7 @@ def get_config():
   m.d_ff = 512
   m.num_encoder_layers = 4
   m.num_decoder_layers = 4
-  m.dropout_rate = 0.1            # By val BLEU: 0.1 > 0.2 > 0.3 at 25 epochs (see README).
+  m.dropout_rate = 0.1            # Val BLEU (beam, averaged): 0.1 = 0.15 > 0.3; see README.
   m.max_len = 256
 
   d = c.data
@@ -38,7 +38,7 @@ def get_config():
   d.target_lang = "de"
   d.train_split = "train"
   d.eval_split = "val"            # The local layout's name; the hub mirror calls it "validation".
-  d.vocab_size = 6_000            # Shared BPE; longest Multi30k pair is 54 tokens with it.
+  d.vocab_size = 6_000            # Shared BPE (4,000: -1.4 val BLEU); longest pair: 54 tokens.
   d.max_len = 64
   d.batch_size = 64               # 64 packed rows x 64 tokens: ~3.7k target tokens per step.
   d.seq_len = 64
