@@ -28,6 +28,7 @@ def get_config():
   m.num_encoder_layers = 4
   m.num_decoder_layers = 4
   m.dropout_rate = 0.1            # Val BLEU (beam, averaged): 0.1 = 0.15 > 0.3; see README.
+  m.attention_dropout_rate = 0.0  # 0.1 on the attention weights: -0.4 val BLEU.
   m.max_len = 256
 
   d = c.data
@@ -40,7 +41,8 @@ def get_config():
   d.eval_split = "val"            # The local layout's name; the hub mirror calls it "validation".
   d.vocab_size = 6_000            # Shared BPE (4,000: -1.4 val BLEU); longest pair: 54 tokens.
   d.max_len = 64
-  d.batch_size = 64               # 64 packed rows x 64 tokens: ~3.7k target tokens per step.
+  d.batch_size = 64               # 64 packed rows x 64 tokens: ~3.9k target tokens per step
+                                  # (32 rows x 6,000 steps: -0.9 val BLEU).
   d.seq_len = 64
   d.eval_batch_size = 64
 
