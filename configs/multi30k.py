@@ -2,7 +2,7 @@
 
 Reads `data.data_dir` when set (../shared/data/multi30k for the raw cased files, or its tok/
 directory with `--config.data.file_pattern={split}.lc.norm.tok.{lang}` for the official lowercased
-tokenized files), else the hub id. Sized to train in ~55 minutes on 2 CPU cores run as 2 XLA
+tokenized files), else the hub id. Sized to train in ~45 minutes on 2 CPU cores run as 2 XLA
 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, ~20% faster than one 2-thread device).
 Settings were chosen on the validation set (val), never on test.
 """
@@ -12,7 +12,7 @@ from transformer_jax.experiment_config import base_config
 
 def get_config():
   c = base_config()
-  c.num_train_steps = 3_000        # 25 epochs of ~120 steps: ~55 minutes on 2 cores.
+  c.num_train_steps = 3_000        # 25 epochs of ~120 steps: ~45 minutes on 2 cores.
   c.log_every_steps = 50
   c.eval_every_steps = 500
   c.checkpoint_every_steps = 200
@@ -51,4 +51,5 @@ def get_config():
   o.warmup_steps = 500
   o.peak_learning_rate = 4e-3
   o.grad_clip_norm = 1.0
+  o.weight_decay = 0.2            # Val BLEU (beam, averaged): 0.2 42.0 > 0.1 40.9 > 0 40.7.
   return c

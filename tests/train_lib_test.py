@@ -169,6 +169,22 @@ def test_fsdp_shards_large_parameters_and_matches_replicated():
   np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
 
 
+def test_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
+  # With a zero gradient Adam's update is 0, so only the decay moves the parameters:
+  # p <- p - lr * weight_decay * p, on every parameter (no mask).
+  params = {"kernel": jnp.full((3,), 2.0), "scale": jnp.full((2,), -1.0)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for decay in (0.0, 0.2):
+    optim = _optim(weight_decay=decay)
+    optim.schedule = "constant"
+    tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    lr = float(schedule(1))
+    assert lr == pytest.approx(1e-2)
+    for name, p in params.items():
+      np.testing.assert_allclose(updates[name], -lr * decay * p, rtol=1e-6, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
