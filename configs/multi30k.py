@@ -51,5 +51,6 @@ def get_config():
   o.warmup_steps = 500
   o.peak_learning_rate = 4e-3
   o.grad_clip_norm = 1.0
-  o.weight_decay = 0.2            # Val BLEU (beam, averaged): 0.2 42.0 > 0.1 40.9 > 0 40.7.
+  # Val BLEU (beam, averaged) by weight decay: 0.2 42.0 > 0.3 41.5 > 0.1 40.9 > 0 40.7.
+  o.weight_decay = 0.2
   return c
