@@ -185,6 +185,30 @@ def test_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
       np.testing.assert_allclose(updates[name], -lr * decay * p, rtol=1e-6, err_msg=name)
 
 
+def test_weight_decay_mask_matrices_spares_biases_and_layer_norm():
+  # Attention biases are [heads, head_dim]: the mask goes by name, not by rank.
+  params = {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((2, 3), 1.0),
+            "layer_norm": {"scale": jnp.full((3,), -1.0)}}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  optim = _optim(weight_decay=0.5, weight_decay_mask="matrices")
+  optim.schedule = "constant"
+  tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
+  updates, _ = tx.update(zeros, tx.init(params), params)
+  lr = float(schedule(1))
+  np.testing.assert_allclose(updates["kernel"], -lr * 0.5 * params["kernel"], rtol=1e-6)
+  np.testing.assert_array_equal(updates["bias"], 0.0)
+  np.testing.assert_array_equal(updates["layer_norm"]["scale"], 0.0)
+  model_params = _tiny_state()[0].params
+  decayed = train_lib.weight_decay_mask("matrices")(model_params)
+  named = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(decayed)}
+  assert named["['shared_embedding']['embedding']"]
+  for name, is_decayed in named.items():
+    assert is_decayed == name.endswith(("['kernel']", "['embedding']")), name
+  assert sum(named.values()) < len(named)  # Biases and norm parameters exist and are spared.
+  with pytest.raises(ValueError, match="weight_decay_mask='none'.*all"):
+    train_lib.create_optimizer(_optim(weight_decay_mask="none"), d_model=32, num_train_steps=10)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

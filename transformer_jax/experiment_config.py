@@ -85,7 +85,8 @@ def base_config() -> ml_collections.ConfigDict:
   o.b1 = 0.9                      # Adam beta1 (paper: 0.9).
   o.b2 = 0.98                     # Adam beta2 (paper: 0.98).
   o.eps = 1e-9                    # Adam epsilon (paper: 1e-9).
-  o.weight_decay = 0.0            # AdamW, decoupled: p -= lr * wd * p on every parameter (paper: 0).
+  o.weight_decay = 0.0            # AdamW, decoupled: p -= lr * wd * p (paper: 0).
+  o.weight_decay_mask = "all"     # Decayed: all | matrices (kernels, embeddings; no biases, norms).
   o.label_smoothing = 0.1         # epsilon_ls (paper: 0.1).
   o.grad_clip_norm = 0.0          # Global-norm clipping (0 = off).
   o.grad_accum_steps = 1          # Accumulate gradients over k batches (optax.MultiSteps).

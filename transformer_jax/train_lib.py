@@ -51,6 +51,27 @@ def build_model_config(model_config, *, vocab_size: int, bos_id: int, eos_id: in
   return TransformerConfig(**fields)
 
 
+WEIGHT_DECAY_MASKS = ("all", "matrices")
+
+
+def weight_decay_mask(kind: str):
+  """The `mask` argument of `optax.adamw` for `optim.weight_decay_mask`.
+
+  "all" decays every parameter (mask None: the optimizer state has no mask wrapper, so
+  checkpoints from before this option restore). "matrices" decays only the weight matrices,
+  leaves named `kernel` or `embedding`, sparing biases and LayerNorm scales and offsets (by name,
+  not by rank: the attention projections' biases are [heads, head_dim]).
+  """
+  if kind == "all":
+    return None
+  if kind == "matrices":
+    def is_matrix(path, _):
+      last = path[-1]
+      return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
+    return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
+  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of {WEIGHT_DECAY_MASKS}.")
+
+
 def create_optimizer(optim_config, *, d_model: int, num_train_steps: int):
   """Adam(beta1, beta2, eps) under the configured schedule, optional clipping and accumulation.
 
@@ -66,7 +87,8 @@ def create_optimizer(optim_config, *, d_model: int, num_train_steps: int):
   if o.get("grad_clip_norm", 0.0) and o.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
   chain.append(optax.adamw(schedules.optimizer_schedule(schedule), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.get("weight_decay", 0.0)))
+                           weight_decay=o.get("weight_decay", 0.0),
+                           mask=weight_decay_mask(o.get("weight_decay_mask", "all"))))
   tx = optax.chain(*chain)
   k = o.get("grad_accum_steps", 1)
   if k > 1:
