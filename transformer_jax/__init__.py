@@ -3,6 +3,14 @@
 from transformer_jax.config import TransformerConfig
 from transformer_jax.params import stack_layer_params, unstack_layer_params
 from transformer_jax.decoding import beam_search, greedy_search, ids_until_eos, length_penalty
+from transformer_jax.attention import (
+    MultiHeadAttention,
+    causal_mask,
+    make_attention_mask,
+    padding_mask,
+    plain_attention,
+    segment_mask,
+)
 from transformer_jax.model import (
     Decoder,
     DecoderLayer,
@@ -10,17 +18,11 @@ from transformer_jax.model import (
     Encoder,
     EncoderLayer,
     FeedForward,
-    MultiHeadAttention,
     PositionalEncoding,
     SharedEmbedding,
     SubLayer,
     Transformer,
-    causal_mask,
     init_cache,
-    make_attention_mask,
-    padding_mask,
-    plain_attention,
-    segment_mask,
     sinusoidal_encoding,
 )
 

@@ -1,0 +1,205 @@
+"""Multi-head attention and its masks, as in section 3.2 of "Attention Is All You Need".
+
+Shape legend: B batch, S source (key) length, T target (query) length, L cached decode length,
+N hypotheses per row, D d_model, H num_heads, K head_dim (d_k = d_v).
+
+Masks are boolean, `True` where attention is allowed, shaped `[B, 1, Tq, Tk]` (broadcast over
+heads). `MultiHeadAttention` takes the `TransformerConfig` as its one attribute.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+from transformer_jax.config import TransformerConfig
+
+Array = jax.Array
+
+# Xavier/Glorot uniform as in the reference implementation; DenseGeneral initializes the
+# flattened [in, out] kernel, so fans span all heads.
+dense_init = nn.initializers.xavier_uniform()
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def padding_mask(query_tokens: Array, key_tokens: Array, pad_id: int = 0) -> Array:
+  """`[B, 1, Tq, Tk]`: keys that are not padding (queries may be anything)."""
+  del query_tokens  # A padded query attends normally; its output is never used.
+  return (key_tokens != pad_id)[:, None, None, :]
+
+
+def segment_mask(query_segments: Array, key_segments: Array) -> Array:
+  """`[B, 1, Tq, Tk]`: query and key belong to the same packed example."""
+  return (query_segments[:, :, None] == key_segments[:, None, :])[:, None]
+
+
+def causal_mask(length: int) -> Array:
+  """`[1, 1, T, T]`: position i may attend to positions j <= i."""
+  return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def make_attention_mask(query_tokens: Array, key_tokens: Array, *, pad_id: int = 0,
+                        query_segments: Array | None = None, key_segments: Array | None = None,
+                        causal: bool = False) -> Array:
+  """Combines the padding, segment (packing) and causal masks into one `[B, 1, Tq, Tk]`."""
+  mask = padding_mask(query_tokens, key_tokens, pad_id)
+  if query_segments is not None and key_segments is not None:
+    mask = mask & segment_mask(query_segments, key_segments)
+  if causal:
+    mask = mask & causal_mask(query_tokens.shape[1])
+  return mask
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
+  """The `implementation` argument of `jax.nn.dot_product_attention`."""
+  if cfg.attention_impl == "auto":
+    half = jnp.dtype(cfg.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if jax.default_backend() == "gpu" and half else None
+  return cfg.attention_impl  # "xla" or "cudnn"
+
+
+def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
+                     heads_first: bool = False) -> Array:
+  """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`.
+
+  With `heads_first`, queries and keys are laid out `[B, H, T, K]` and `[B, H, S, K]` (decoding).
+  """
+  scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
+  spec = "bhtk,bhsk->bhts" if heads_first else "bthk,bshk->bhts"
+  logits_BxHxTxS = jnp.einsum(spec, q_BxTxHxK, k_BxSxHxK,
+                              preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
+    logits_BxHxTxS = jnp.where(mask, logits_BxHxTxS, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(logits_BxHxTxS, axis=-1)
+
+
+def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float = 0.0,
+            dropout_rng: Array | None = None, *, heads_first: bool = False) -> Array:
+  """The weighted sum of values `[B, T, H, K]` (`[B, H, T, K]` with `heads_first`), with optional
+  dropout on the weights."""
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
+    probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
+  spec = "bhts,bhsk->bhtk" if heads_first else "bhts,bshk->bthk"
+  return jnp.einsum(spec, probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+
+
+def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: Array | None,
+                    *, dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
+  """softmax(QK^T / sqrt(d_k)) V with float32 logits and softmax, and optional attention dropout."""
+  probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
+  return _attend(probs_BxHxTxS, v_BxSxHxK, dropout_rate, dropout_rng)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: self, causal or cross, with an optional key/value cache.
+
+  `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])` returns `[B, T, D]`.
+  With `decode=True` the keys and values live in the "cache" collection, heads first, in the
+  layout both attention matmuls read directly, so a decoding step copies nothing. Cross-attention
+  (`cross=True`) projects the encoder output `[B, S, D]` once, on the initializing call, into
+  `[B, H, S, K]` and reuses it every step. Self-attention takes one new token for each of N
+  hypotheses of a row (`inputs_q [B, N, D]`; N = 1 for plain incremental decoding) and writes
+  their keys and values into N slots of a `[B, H, L * N, K]` cache at the current position
+  (position-major: key p * N + slot). Each query attends over all L * N keys of its row, through
+  `mask [B, 1, N, L * N]`: which slot held each of its earlier tokens (beam search follows hypotheses through this mask instead
+  of copying the cache when beams are reordered). The initializing call sizes the cache from that
+  mask's shape; `init_cache` runs it with the trained parameters.
+
+  The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
+  weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
+  (for attention plots); the fused path does no extra work.
+  """
+
+  config: TransformerConfig
+  cross: bool = False  # Encoder-decoder attention: its decoding cache is filled once.
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, *,
+               deterministic: bool = True, decode: bool = False) -> Array:
+    cfg = self.config
+    H, K = cfg.num_heads, cfg.head_dim
+    dense = functools.partial(nn.DenseGeneral, features=(H, K), kernel_init=dense_init,
+                              dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    q_BxTxHxK = dense(name="query")(inputs_q)
+    key, value = dense(name="key"), dense(name="value")
+    out_proj = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=dense_init,
+                               dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="out")
+    if decode:
+      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, key, value))
+    k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
+
+    rate = cfg.attention_dropout_rate
+    if cfg.attention_impl == "plain" or (rate > 0.0 and not deterministic):
+      rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
+      probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
+      self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
+      out_BxTxHxK = _attend(probs_BxHxTxS, v_BxSxHxK, rate, rng)
+    else:
+      out_BxTxHxK = jax.nn.dot_product_attention(
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
+    return out_proj(out_BxTxHxK)
+
+  def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, key, value):
+    """Attention of the new queries against the cached keys and values (heads first)."""
+    heads_first = lambda x_BxSxHxK: jnp.swapaxes(x_BxSxHxK, 1, 2)
+    if self.cross:
+      k_BxHxSxK = self.variable("cache", "cross_key", lambda: heads_first(key(inputs_kv))).value
+      v_BxHxSxK = self.variable("cache", "cross_value",
+                                lambda: heads_first(value(inputs_kv))).value
+    else:
+      k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
+          heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
+    # Everything heads first: plain batched matmuls over (B, H), no relayout of the caches.
+    q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2)
+    probs_BxHxNxS = _attention_probs(q_BxHxNxK, k_BxHxSxK, mask, heads_first=True)
+    return jnp.swapaxes(_attend(probs_BxHxNxS, v_BxHxSxK, heads_first=True), 1, 2)
+
+  def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask):
+    """Writes the N new keys/values at the current position; returns the row's L * N of them.
+
+    The cache is `[B, H, L * N, K]`, position-major (key s = p * N + slot), so that one step's
+    N writes are one contiguous in-place update and attention reads the cache as it is.
+    """
+    batch, heads, beams, head_dim = k_BxHxNxK.shape
+    is_initialized = self.has_variable("cache", "cached_key")
+    if not is_initialized:
+      if mask is None or mask.ndim != 4 or mask.shape[-1] % beams:
+        raise ValueError("The initializing decode=True call of self-attention sizes its cache "
+                         "from a [B, 1, N, L * N] mask; got "
+                         f"{None if mask is None else mask.shape}. Use init_cache.")
+      keys = mask.shape[-1]
+    else:
+      keys = self.get_variable("cache", "cached_key").shape[2]
+    shape = (batch, heads, keys, head_dim)
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxHxNxK.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxHxNxK.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+    if not is_initialized:  # The initializing call only sizes the cache.
+      return k_BxHxNxK, v_BxHxNxK, None
+    if cached_key.value.shape[:2] != shape[:2] or keys % beams:
+      raise ValueError(f"decode=True takes one new token per hypothesis, [B, N] = "
+                       f"{(batch, beams)} as when the cache was built "
+                       f"(its [B, H, L * N, K] is {cached_key.value.shape}).")
+    index = cache_index.value
+    at = (0, 0, index * beams, 0)
+    k_BxHxSxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHxNxK, at)
+    v_BxHxSxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHxNxK, at)
+    cached_key.value, cached_value.value = k_BxHxSxK, v_BxHxSxK
+    cache_index.value = index + 1
+    length = keys // beams
+    step_mask = jnp.repeat(jnp.arange(length) <= index, beams)[None, None, None, :]
+    if mask is None:  # Each hypothesis its own slot: N independent continuations.
+      slot_S = jnp.tile(jnp.arange(beams), length)
+      mask = (jnp.arange(beams)[:, None] == slot_S[None, :])[None, None]
+    return k_BxHxSxK, v_BxHxSxK, mask & step_mask
