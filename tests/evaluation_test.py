@@ -56,6 +56,18 @@ def test_tokenized_lowercased_bleu():
       100.0)
 
 
+def test_tokenized_bleu_does_not_warn_about_tokenized_text(caplog):
+  lines = [f"a dog number {i} runs ." for i in range(120)]
+  with caplog.at_level("WARNING", logger="sacrebleu"):
+    evaluation.bleu(lines, lines, tokenize="13a")
+  assert "forgot to detokenize" in caplog.text  # sacreBLEU's check, as on detokenized scoring.
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="sacrebleu"):
+    score = evaluation.bleu(lines, lines, tokenize="none")
+  assert score.score == pytest.approx(100.0) and "tok:none" in score.signature
+  assert "detokenize" not in caplog.text  # Tokenized text is what tokenize="none" is for.
+
+
 def test_several_reference_streams_and_bad_references():
   other = ["A cat is on the mat.", "A man on a bike.", "Dogs in snow."]
   assert evaluation.bleu(other, [REFERENCES, other]).score == pytest.approx(100.0)

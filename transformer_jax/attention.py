@@ -112,9 +112,10 @@ class MultiHeadAttention(nn.Module):
   hypotheses of a row (`inputs_q [B, N, D]`; N = 1 for plain incremental decoding) and writes
   their keys and values into N slots of a `[B, H, L * N, K]` cache at the current position
   (position-major: key p * N + slot). Each query attends over all L * N keys of its row, through
-  `mask [B, 1, N, L * N]`: which slot held each of its earlier tokens (beam search follows hypotheses through this mask instead
-  of copying the cache when beams are reordered). The initializing call sizes the cache from that
-  mask's shape; `init_cache` runs it with the trained parameters.
+  `mask [B, 1, N, L * N]`: which slot held each of its earlier tokens (beam search follows
+  hypotheses through this mask instead of copying the cache when beams are reordered). The
+  initializing call sizes the cache from that mask's shape; `init_cache` runs it with the trained
+  parameters.
 
   The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
   weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable

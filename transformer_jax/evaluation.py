@@ -65,7 +65,9 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str] | Sequence[Sequenc
   `lowercase=True` ignores case.
   """
   streams = _reference_streams(hypotheses, references)
-  metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+  # force: with tokenize="none" the text is tokenized on purpose, so sacreBLEU's "you forgot to
+  # detokenize" warning would be wrong (force is not part of the signature or the score).
+  metric = BLEU(tokenize=tokenize, lowercase=lowercase, force=tokenize == "none")
   return _score(metric, metric.corpus_score(list(hypotheses), streams))
 
 
