@@ -27,7 +27,8 @@ def get_config():
   m.d_ff = 512
   m.num_encoder_layers = 4
   m.num_decoder_layers = 4
-  m.dropout_rate = 0.1            # Val BLEU (beam, averaged): 0.1 = 0.15 > 0.3; see README.
+  m.dropout_rate = 0.1            # Val BLEU (beam, averaged): 0.1 = 0.15 > 0.3, with weight
+                                  # decay 0.2 too (42.0 and 41.0 over two seeds vs 41.3); README.
   m.attention_dropout_rate = 0.0  # 0.1 on the attention weights: -0.4 val BLEU.
   m.max_len = 256
 
