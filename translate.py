@@ -35,11 +35,16 @@ def main(argv):
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
   from transformer_jax import evaluation, inference
+  from transformer_jax.data.corpus import read_lines
 
+  if FLAGS.beam_size < 1:
+    print(f"error: --beam_size {FLAGS.beam_size}: use a positive beam size (1 = greedy).",
+          file=sys.stderr)
+    sys.exit(2)
   try:
     model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
-    lines = inference.read_lines(FLAGS.input)
-    references = inference.read_lines(FLAGS.reference) if FLAGS.reference else None
+    lines = read_lines(FLAGS.input)
+    references = read_lines(FLAGS.reference) if FLAGS.reference else None
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -50,8 +55,8 @@ def main(argv):
   print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
   # Each sentence may grow to its own source length + 50 tokens, as in the paper.
   hypotheses = evaluation.translate(
-      model, params, tokenizer, lines, beam_size=max(FLAGS.beam_size, 1), alpha=FLAGS.alpha,
-      greedy=FLAGS.beam_size <= 1, batch_tokens=FLAGS.batch_tokens, progress=True)
+      model, params, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+      batch_tokens=FLAGS.batch_tokens, progress=True)
   text = "".join(h + "\n" for h in hypotheses)
   if FLAGS.output == "-":
     sys.stdout.write(text)

@@ -44,14 +44,18 @@ def main(argv):
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
   from transformer_jax import evaluation, inference
+  from transformer_jax.data.corpus import read_lines
 
   try:
     beam_sizes = _numbers("beam_sizes", FLAGS.beam_sizes, int)
     alphas = _numbers("alphas", FLAGS.alphas, float)
     if not FLAGS.checkpoints or not beam_sizes or not alphas:
       raise ValueError("--checkpoints, --beam_sizes and --alphas each need at least one value.")
-    sources = inference.read_lines(FLAGS.input)
-    references = inference.read_lines(FLAGS.reference)
+    if min(beam_sizes) < 1:
+      raise ValueError(f"--beam_sizes={','.join(FLAGS.beam_sizes)}: beam sizes must be positive "
+                       "(1 = greedy).")
+    sources = read_lines(FLAGS.input)
+    references = read_lines(FLAGS.reference)
     if len(sources) != len(references):
       raise ValueError(f"{FLAGS.reference} has {len(references)} lines but {FLAGS.input} has "
                        f"{len(sources)}: they must be line-aligned.")
@@ -76,8 +80,8 @@ def main(argv):
         start = time.perf_counter()
         _, scores = evaluation.translate_and_score(
             model, params, tokenizer, sources, references, tokenize=FLAGS.bleu_tokenize,
-            lowercase=FLAGS.lowercase, beam_size=max(beam_size, 1), alpha=alpha,
-            greedy=beam_size <= 1, batch_tokens=FLAGS.batch_tokens)
+            lowercase=FLAGS.lowercase, beam_size=beam_size, alpha=alpha,
+            batch_tokens=FLAGS.batch_tokens)
         row = {"checkpoint": checkpoint, "checkpoint_steps": what, "beam_size": beam_size,
                "alpha": alpha, "bleu": scores["bleu"].score, "chrf": scores["chrf"].score,
                "seconds": round(time.perf_counter() - start, 1),

@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from transformer_jax.data import (Tokenizer, filter_pairs, load_local_split, make_train_iterator,
-                                  tokenize_split)
+                                  pairs_to_dataset, tokenize_split)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,7 +102,7 @@ def main():
     rows.append(("train tokenizer", time.perf_counter() - t, f"{tok.vocab_size:,} pieces"))
     for what in ("tokenize (first run)", "tokenize (cached)"):
       t = time.perf_counter()
-      tokens = tokenize_split(train, tok, os.path.join(work, "cache"), "train")
+      tokens = tokenize_split(pairs_to_dataset(train), tok, os.path.join(work, "cache"), "train")
       seconds = time.perf_counter() - t
       rows.append((what, seconds, f"{len(train) / seconds:,.0f} pairs/s"))
   keep = filter_pairs(tokens, args.seq_len, "train")

@@ -7,7 +7,7 @@ import pytest
 
 from transformer_jax import MultiHeadAttention, TransformerConfig
 from transformer_jax.attention import (causal_mask, make_attention_mask, padding_mask,
-                                       plain_attention, segment_mask)
+                                       plain_attention, segment_mask, slot_mask)
 
 CONFIG = TransformerConfig.tiny(40)
 SRC = np.array([[5, 6, 7, 8, 9, 0, 0], [10, 11, 12, 13, 14, 15, 16]], np.int32)
@@ -74,3 +74,59 @@ def test_plain_path_sows_attention_weights_that_sum_to_one():
   assert weights.shape == (2, CONFIG.num_heads, 7, 7)
   np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
   assert float(weights[0, :, :, 5:].max()) == 0.0  # Padding keys get no weight.
+
+
+def test_slot_mask_matches_a_hand_built_mask():
+  # Two hypotheses, three positions; keys are position-major: key p * 2 + slot.
+  history = np.array([[[0, 1, 0],    # Hypothesis 0's tokens: slot 0, then 1, then 0.
+                       [0, 0, 1]]])  # Hypothesis 1's: slot 0, 0, then 1.
+  key_valid = np.array([[[True, True],    # Position 0: both slots hold real tokens.
+                         [True, False],   # Position 1: slot 1 holds padding.
+                         [True, True]]])
+  expected = np.array([[1, 0, 0, 0, 1, 0],  # Keys 0, 3 (padding: masked) and 4.
+                       [1, 0, 1, 0, 0, 1]],  # Keys 0, 2 and 5.
+                      bool)
+  mask = np.asarray(slot_mask(history, key_valid))
+  assert mask.shape == (1, 1, 2, 6)
+  np.testing.assert_array_equal(mask[0, 0], expected)
+  # Positions not yet written are invalid keys: the mask is causal.
+  key_valid[:, 2] = False
+  np.testing.assert_array_equal(np.asarray(slot_mask(history, key_valid))[0, 0, :, 4:], False)
+
+
+def _decode_self_attention(steps):
+  """Standalone incremental causal self-attention, one token a step; `[B, T, D]` outputs."""
+  attention = MultiHeadAttention(CONFIG)
+  x = jax.random.normal(jax.random.key(0), (2, 5, CONFIG.d_model))
+  history = np.zeros((2, 1, 5), np.int32)  # One hypothesis per row: every token in slot 0.
+  valid_upto = lambda t: np.broadcast_to((np.arange(5) <= t)[None, :, None], (2, 5, 1))
+  params = attention.init(jax.random.key(1), x, x, make_attention_mask(SRC[:, :5], SRC[:, :5]))
+  cache = attention.init(jax.random.key(1), x[:, :1], x[:, :1],
+                         slot_mask(history, valid_upto(-1)), decode=True)["cache"]
+  outputs = []
+  for t in range(steps):
+    out, updates = attention.apply({**params, "cache": cache}, x[:, t:t + 1], x[:, t:t + 1],
+                                   slot_mask(history, valid_upto(t)), decode=True,
+                                   decode_position=jnp.int32(t), mutable=["cache"])
+    cache = updates["cache"]
+    outputs.append(out)
+  full = attention.apply(params, x, x, causal_mask(5))
+  return jnp.concatenate(outputs, axis=1), full, (attention, params, cache, x, history)
+
+
+def test_cached_self_attention_equals_causal_attention():
+  cached, full, _ = _decode_self_attention(5)
+  np.testing.assert_allclose(cached, full, atol=1e-5)
+
+
+def test_cached_self_attention_without_its_position_or_mask_raises():
+  _, _, (attention, params, cache, x, history) = _decode_self_attention(1)
+  mask = slot_mask(history, np.ones((2, 5, 1), bool))
+  step = lambda **kwargs: attention.apply({**params, "cache": cache}, x[:, :1], x[:, :1],
+                                          decode=True, mutable=["cache"], **kwargs)
+  with pytest.raises(ValueError, match="decode_position"):
+    step(mask=mask)
+  with pytest.raises(ValueError, match="mask"):
+    step(decode_position=jnp.int32(1))
+  with pytest.raises(ValueError, match="mask"):
+    step(mask=mask[..., :3], decode_position=jnp.int32(1))

@@ -1,13 +1,14 @@
 """Corpus readers: every format, and every way a corpus can be wrong."""
 
 import gzip
+import io
 import json
+import sys
 
 import datasets
-import numpy as np
 import pytest
 
-from transformer_jax.data import corpus, synthetic
+from transformer_jax.data import corpus
 
 
 def write(path, lines, compress=False, raw=None):
@@ -39,6 +40,42 @@ def test_lines_split_on_newline_only(tmp_path):
   assert corpus.read_lines(write(tmp_path / "x.txt", None, raw=raw)) == [
       "one", "two\u2028still two\x0cstill", "three"]
   assert corpus.read_lines(write(tmp_path / "bom.txt", None, raw=b"\xef\xbb\xbfHi\n")) == ["Hi"]
+
+
+class FakeStdin:
+  """sys.stdin whose `.buffer` holds `data`; reading its text layer is a test failure."""
+
+  def __init__(self, data: bytes):
+    self.buffer = io.BytesIO(data)
+
+  def read(self, *args):
+    pytest.fail("read the text layer of stdin, not its bytes")
+
+
+def test_dash_reads_standard_input(monkeypatch):
+  raw = "\ufeffone \r\n  zwei Straße\n\nthree".encode("utf-8")
+  monkeypatch.setattr(sys, "stdin", FakeStdin(raw))
+  assert corpus.read_lines("-") == ["one", "zwei Straße", "", "three"]
+
+
+def test_non_utf8_standard_input_names_stdin_and_line(monkeypatch):
+  monkeypatch.setattr(sys, "stdin", FakeStdin(b"fine\ncaf\xe9\n"))
+  with pytest.raises(ValueError, match=r"<stdin>, line 2: bytes that are not UTF-8"):
+    corpus.read_lines("-")
+
+
+def test_pairs_to_dataset_keeps_order_and_hashes_the_text():
+  pairs = [("a man", "ein Mann"), ("", "leer"), ("Straße", "street")]
+  ds = corpus.pairs_to_dataset(pairs)
+  assert ds.column_names == ["source", "target"]
+  assert ds.features == datasets.Features({"source": datasets.Value("string"),
+                                           "target": datasets.Value("string")})
+  assert list(zip(ds["source"], ds["target"])) == pairs
+  fingerprint = ds._fingerprint  # pylint: disable=protected-access
+  assert fingerprint == corpus.pairs_fingerprint(pairs)
+  assert corpus.pairs_to_dataset(list(pairs))._fingerprint == fingerprint  # Same text, same key.
+  for other in (pairs[::-1], pairs[:2] + [("Strasse", "street")]):
+    assert corpus.pairs_to_dataset(other)._fingerprint != fingerprint
 
 
 def test_multi30k_layout_with_gz_and_tok_pattern(tmp_path):
@@ -166,27 +203,6 @@ def test_hub_split_goes_through_load_dataset(monkeypatch):
                                 target_lang="de")
   assert calls == [("wmt14", "de-en", "validation")]
   assert pairs[0] == {"source": "Hello", "target": "Hallo"}
-
-
-def test_synthetic_tasks_are_deterministic_disjoint_and_short():
-  for task in synthetic.TASKS:
-    a = synthetic.synthetic_pairs(task, 300, seed=3)
-    assert a == synthetic.synthetic_pairs(task, 300, seed=3)
-    assert a != synthetic.synthetic_pairs(task, 300, seed=4)
-    assert len(set(a)) == 300
-    assert max(len(t.split()) for _, t in a) <= 12
-    train, eval_ = synthetic.synthetic_splits(task, 2000, 300, seed=0)
-    assert len(train) == 2000 and len(eval_) == 300
-    assert not {s for s, _ in train} & {s for s, _ in eval_}
-  last = synthetic.synthetic_pairs("dates", 1, 0,
-                                   exclude=np.arange(synthetic.task_size("dates") - 1))
-  assert last == [("2099-12-31", "thirty first of december two thousand ninety nine")]
-  assert synthetic.number_words(115_019) == "one hundred fifteen thousand nineteen"
-  assert synthetic.year_words(1905) == "nineteen oh five"
-  with pytest.raises(ValueError, match="dates"):
-    synthetic.synthetic_pairs("poems", 10, 0)
-  with pytest.raises(ValueError, match="73049"):
-    synthetic.synthetic_pairs("dates", 10**6, 0)
 
 
 def test_unreachable_hub_dataset_says_what_to_do(monkeypatch):

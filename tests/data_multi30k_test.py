@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from transformer_jax.data import (BATCH_KEYS, Tokenizer, filter_pairs, load_local_split,
-                                  make_train_iterator, tokenize_split)
+                                  make_train_iterator, pairs_to_dataset, tokenize_split)
 
 BATCH, SEQ_LEN, MAX_LEN = 64, 128, 128
 
@@ -19,7 +19,7 @@ def multi30k(multi30k_dir, tmp_path_factory):
             for s in ("train", "val", "test_2016_flickr")}
   work = tmp_path_factory.mktemp("multi30k")
   tok = Tokenizer.train([t for p in splits["train"] for t in p], 8000, work / "tokenizer.model")
-  tokens = tokenize_split(splits["train"], tok, str(work / "cache"), "train")
+  tokens = tokenize_split(pairs_to_dataset(splits["train"]), tok, str(work / "cache"), "train")
   return splits, tok, tokens, filter_pairs(tokens, MAX_LEN, "multi30k train")
 
 

@@ -1,15 +1,19 @@
-"""Batches: format, packing, evaluation order, caching, resumption, processes, create_datasets."""
+"""Batches: format, packing, evaluation order, caching, resumption, processes, closing."""
 
 import collections
+import gc
 import json
 import logging
+import pathlib
+import subprocess
+import sys
+import textwrap
 
-import ml_collections
 import numpy as np
 import pytest
 
-from transformer_jax.data import (BATCH_KEYS, Tokenizer, create_datasets, filter_pairs,
-                                  make_eval_batches, make_train_iterator, synthetic,
+from transformer_jax.data import (BATCH_KEYS, Tokenizer, filter_pairs, make_eval_batches,
+                                  make_train_iterator, pairs_to_dataset, synthetic,
                                   tokenize_split)
 
 BOS, EOS = 1, 2
@@ -34,7 +38,8 @@ def tok(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tokens(tok, tmp_path_factory):
-  return tokenize_split(PAIRS, tok, str(tmp_path_factory.mktemp("cache")), "train")
+  return tokenize_split(pairs_to_dataset(PAIRS), tok, str(tmp_path_factory.mktemp("cache")),
+                        "train")
 
 
 def expected_examples(tokens, indices):
@@ -98,7 +103,7 @@ def test_unpacked_rows_hold_one_example(tokens):
 def test_filter_drops_and_counts_empty_and_long_pairs(tok, caplog):
   pairs = [("a man", "ein Mann"), ("", "leer"), ("leer", "   "), ("the " * 40, "lang"),
            ("dog", "Hund")]
-  toks = tokenize_split(pairs, tok, None, "tiny")
+  toks = tokenize_split(pairs_to_dataset(pairs), tok, None, "tiny")
   with caplog.at_level(logging.INFO):
     keep = filter_pairs(toks, 16, name="tiny")
   np.testing.assert_array_equal(keep, [0, 4])
@@ -123,6 +128,9 @@ def test_eval_batches_keep_every_example_in_order(tokens):
   for g, a, b in zip(batches, *parts):
     for k in BATCH_KEYS:
       np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]))
+  # A bad batch size fails at the call, before any batch is asked for.
+  with pytest.raises(ValueError, match="data.eval_batch_size=8 .* process count 3"):
+    make_eval_batches(tokens, keep, bos_id=BOS, eos_id=EOS, batch_size=8, process_count=3)
 
 
 @pytest.mark.parametrize("packing,prefetch", [(True, 2), (True, 0), (False, 2)])
@@ -182,102 +190,71 @@ def test_rows_mode_gives_the_same_global_batch_for_any_process_count(tokens):
     assert a["src"].shape == (4, 32)
     for k in BATCH_KEYS:
       np.testing.assert_array_equal(g[k], np.concatenate([a[k], b[k]]))
-  with pytest.raises(ValueError, match="multiple of the process count 3"):
+  with pytest.raises(ValueError, match="data.batch_size=8 must be a positive multiple of the "
+                     "process count 3"):
     make(0, 3)
+  with pytest.raises(ValueError, match="process_index=2 is outside"):
+    make(2, 2)
 
 
 def test_tokenization_is_cached(tok, tmp_path, monkeypatch, caplog):
-  first = tokenize_split(PAIRS, tok, str(tmp_path), "train")
+  first = tokenize_split(pairs_to_dataset(PAIRS), tok, str(tmp_path), "train")
   monkeypatch.setattr(Tokenizer, "encode_batch", lambda *a: pytest.fail("re-tokenized"))
-  with caplog.at_level(logging.INFO):
-    again = tokenize_split(PAIRS, tok, str(tmp_path), "train")
+  with caplog.at_level(logging.INFO):  # A new Dataset of the same pairs, as after a restart.
+    again = tokenize_split(pairs_to_dataset(PAIRS), tok, str(tmp_path), "train")
   assert "loading token ids" in caplog.text
   np.testing.assert_array_equal(first.src_values, again.src_values)
   np.testing.assert_array_equal(first.tgt_offsets, again.tgt_offsets)
 
 
-def write_corpus(directory, pairs, split, src="en", tgt="de"):
-  directory.mkdir(parents=True, exist_ok=True)
-  (directory / f"{split}.{src}").write_text("".join(p[0] + "\n" for p in pairs))
-  (directory / f"{split}.{tgt}").write_text("".join(p[1] + "\n" for p in pairs))
+def test_tokenize_split_takes_a_dataset(tok):
+  with pytest.raises(TypeError, match="pairs_to_dataset"):
+    tokenize_split(PAIRS, tok, None)
 
 
-def data_config(**overrides):
-  c = dict(dataset="", data_dir="", source_lang="en", target_lang="de", train_split="train",
-           eval_split="val", vocab_size=200, max_len=32, batch_size=8, seq_len=32,
-           eval_batch_size=4)
-  c.update(overrides)
-  return c
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_close_is_idempotent_and_final(tokens):
+  keep = filter_pairs(tokens, 32)
+  make = lambda: make_train_iterator(tokens, keep, bos_id=BOS, eos_id=EOS, batch_size=8,
+                                     seq_len=32)
+  it = make()
+  next(it)
+  it.close()
+  it.close()
+  for use in (lambda: next(it), it.get_state, lambda: it.set_state({"grain": {}})):
+    with pytest.raises(ValueError, match="closed"):
+      use()
+  with make() as it:
+    first = next(it)["src"]
+  with pytest.raises(ValueError, match="closed"):
+    next(it)
+  del it
+  it = make()  # Never closed: closed when collected, without an unraisable exception.
+  np.testing.assert_array_equal(next(it)["src"], first)
+  del it
+  gc.collect()
 
 
-def test_create_datasets_on_a_local_corpus(tmp_path, monkeypatch):
-  data = tmp_path / "corpus"
-  write_corpus(data, PAIRS[:300] + [("", "empty source")], "train")
-  write_corpus(data, PAIRS[300:310], "val")
-  config = ml_collections.ConfigDict(data_config(data_dir=str(data)))
-  bundle = create_datasets(config, tmp_path / "work", seed=0)
-  assert (tmp_path / "work" / "tokenizer.model").exists()
-  assert bundle.tokenizer.pad_id == 0 and bundle.num_train_examples == 300
-  assert bundle.eval_sources == [p[0] for p in PAIRS[300:310]]
-  assert bundle.eval_references == [p[1] for p in PAIRS[300:310]]
-  batch = next(bundle.train_iter)
-  assert batch["src"].shape == (8, 32)
-  evals = list(bundle.eval_batches())
-  assert len(evals) == 3 and len(list(bundle.eval_batches())) == 3
-  decoded = [bundle.tokenizer.decode(row) for b in evals for row in b["tgt_out"]][:10]
-  assert decoded == bundle.eval_references
-  # A restart reuses the tokenizer and the cached token ids.
-  monkeypatch.setattr(Tokenizer, "train", lambda *a, **k: pytest.fail("retrained"))
-  monkeypatch.setattr(Tokenizer, "encode_batch", lambda *a: pytest.fail("re-tokenized"))
-  again = create_datasets(dict(config, num_eval_examples=4), tmp_path / "work", seed=0)
-  assert again.tokenizer.fingerprint == bundle.tokenizer.fingerprint
-  assert again.eval_sources == bundle.eval_sources[:4]
-  np.testing.assert_array_equal(next(again.train_iter)["src"], batch["src"])
+_EXIT_SCRIPT = """
+import numpy as np
+from transformer_jax.data import TokenizedSplit, make_train_iterator
+
+offsets = np.arange(0, 401, 4)
+tokens = TokenizedSplit(np.full(400, 5, np.int32), offsets, np.full(400, 6, np.int32), offsets)
+keep = np.arange(100)
+make = lambda prefetch: make_train_iterator(tokens, keep, bos_id=1, eos_id=2, batch_size=4,
+                                            seq_len=16, prefetch=prefetch)
+closed, open_, unprefetched = make(2), make(2), make(0)
+for it in (closed, open_, unprefetched):
+  next(it)
+closed.close()
+print("ok")
+"""
 
 
-def test_create_datasets_errors(tmp_path):
-  data = tmp_path / "corpus"
-  write_corpus(data, PAIRS[:29], "train")
-  (data / "train.de").write_text("".join(p[1] + "\n" for p in PAIRS[:28]))
-  with pytest.raises(ValueError, match="29.*28"):
-    create_datasets(data_config(data_dir=str(data)), tmp_path / "w", seed=0)
-  with pytest.raises(FileNotFoundError, match="no_such_dir"):
-    create_datasets(data_config(data_dir=str(tmp_path / "no_such_dir")), tmp_path / "w", seed=0)
-  with pytest.raises(ValueError, match="config.data.batchsize"):
-    create_datasets(data_config(batchsize=3), tmp_path / "w", seed=0)
-  with pytest.raises(ValueError, match="max_len=64 exceeds seq_len=32"):
-    create_datasets(data_config(max_len=64), tmp_path / "w", seed=0)
-
-
-def test_create_datasets_synthetic(tmp_path):
-  config = data_config(dataset="synthetic", synthetic_task="dates", synthetic_train_size=500,
-                       synthetic_eval_size=20, vocab_size=128, process_sharding="rows",
-                       max_len=24, seq_len=48, eval_batch_size=8)
-  bundle = create_datasets(config, tmp_path, seed=0)
-  assert len(bundle.eval_sources) == 20 and bundle.eval_sources[0].count("-") == 2
-  tok = bundle.tokenizer
-  for b in bundle.eval_batches():
-    for src, tgt in zip(b["src"], b["tgt_out"]):
-      if src.any():
-        assert tok.decode(tgt) in bundle.eval_references
-  halves = [create_datasets(config, tmp_path, seed=0, process_index=p, process_count=2)
-            for p in range(2)]
-  g = next(bundle.train_iter)
-  np.testing.assert_array_equal(
-      g["tgt_in"], np.concatenate([next(h.train_iter)["tgt_in"] for h in halves]))
-
-
-def test_eval_keeps_long_pairs_unless_eval_max_len(tmp_path):
-  data = tmp_path / "corpus"
-  write_corpus(data, PAIRS[:100], "train")
-  long_pair = (" ".join(["the big red house"] * 20), "a dog")
-  write_corpus(data, [PAIRS[0], long_pair, ("", "x")], "val")
-  bundle = create_datasets(data_config(data_dir=str(data)), tmp_path / "w", seed=0)
-  assert bundle.eval_sources == [PAIRS[0][0], long_pair[0]]  # The empty pair is dropped.
-  batch = next(iter(bundle.eval_batches()))
-  assert batch["src"].shape[1] > 32 and batch["src"].shape[1] % 8 == 0
-  limited = create_datasets(data_config(data_dir=str(data), eval_max_len=32), tmp_path / "w",
-                            seed=0)
-  assert limited.eval_sources == [PAIRS[0][0]]
-  with pytest.raises(ValueError, match="config.data.batch_size='8' should be of type int"):
-    create_datasets(data_config(batch_size="8"), tmp_path / "w", seed=0)
+def test_no_teardown_noise_at_exit():
+  """Iterators still referenced at exit, closed or not, exit without "Exception ignored"."""
+  run = subprocess.run([sys.executable, "-c", textwrap.dedent(_EXIT_SCRIPT)], capture_output=True,
+                       text=True, timeout=120, check=False, cwd=pathlib.Path(__file__).parents[1])
+  assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
+  assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr

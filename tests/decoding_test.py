@@ -246,8 +246,10 @@ def test_bad_arguments_raise_clear_errors(random6):
     decoding.greedy_search(model, random6, SRC6, max_len=0)
   with pytest.raises(ValueError, match="min_len=9 exceeds max_len=8"):
     decoding.beam_search(model, random6, SRC6, max_len=8, min_len=9)
-  with pytest.raises(ValueError, match="beam_size"):
+  with pytest.raises(ValueError, match="beam_size must be a positive integer, got 0"):
     decoding.beam_search(model, random6, SRC6, beam_size=0)
+  with pytest.raises(ValueError, match="min_len must be a non-negative integer"):
+    decoding.greedy_search(model, random6, SRC6, min_len=-1)
   with pytest.raises(ValueError, match="Transformer"):
     decoding.greedy_search(CONFIG6, random6, SRC6)
   learned = Transformer(CONFIG6.replace(positional="learned", max_len=16))

@@ -96,7 +96,7 @@ def _greedy_alone(params, ids, width):
 def test_translate_batches_in_input_order_like_each_line_alone(params, capsys):
   tokenizer = CharTokenizer()
   lines = ["abc", "", "hello", "   ", "a", "qpo", "badge", "fig"]  # Batches of 4, then 1.
-  out = evaluation.translate(Transformer(CONFIG), params, tokenizer, lines, greedy=True,
+  out = evaluation.translate(Transformer(CONFIG), params, tokenizer, lines, beam_size=1,
                              batch_tokens=64, progress=True)
   assert len(out) == len(lines) and out[1] == "" and out[3] == ""
   assert "translate" in capsys.readouterr().err  # The progress bar, on stderr.
@@ -105,7 +105,7 @@ def test_translate_batches_in_input_order_like_each_line_alone(params, capsys):
       ids = tokenizer.encode(line) + [2]
       assert got == _greedy_alone(params, ids, evaluation.bucket_length(len(ids)))
   no_eos = evaluation.translate(Transformer(CONFIG), {"params": params}, tokenizer, lines[:1],
-                                greedy=True, append_eos=False)
+                                beam_size=1, append_eos=False)
   assert no_eos == [_greedy_alone(params, tokenizer.encode(lines[0]), 16)]
 
 

@@ -188,7 +188,8 @@ def test_remat_equals_plain_gradients():
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(scan_layers=True), dict(pre_norm=True),
-                                       dict(positional="learned", share_embeddings=False)])
+                                       dict(positional="learned", share_embeddings=False),
+                                       dict(scan_layers=True, remat=True)])
 def test_cached_decoding_equals_full_forward(overrides):
   config = _config(**overrides)
   model = Transformer(config)
@@ -201,6 +202,9 @@ def test_cached_decoding_equals_full_forward(overrides):
   heads = (config.num_heads, SRC.shape[1], config.head_dim)
   assert layer["cross_attention"]["cross_key"].shape[-3:] == heads
   assert not np.any(layer["self_attention"]["cached_key"])
+  # One position counter, the decoder's, serves every layer's cache.
+  assert set(layer["self_attention"]) == {"cached_key", "cached_value"}
+  assert int(cache["decoder"]["position"]) == 0
   step_fn = jax.jit(functools.partial(model.apply, decode=True, method=Transformer.decode,
                                       mutable=["cache"]))
   for t in range(TGT.shape[1]):
@@ -276,3 +280,7 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="max_len"):
     Transformer(_config(positional="learned", max_len=8)).init(
         jax.random.key(0), np.ones((1, 9), np.int32), TGT)
+  encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
+  for beam_size in (0, True, 2.0):
+    with pytest.raises(ValueError, match="beam_size must be"):
+      init_cache(model, params, encoded, SRC, 4, beam_size=beam_size)

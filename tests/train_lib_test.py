@@ -1,49 +1,16 @@
-"""Schedules, the loss, the sharded train step, checkpoints and configs."""
+"""The loss, the optimizer, the sharded train step and the loop's helpers."""
 
 import functools
-import glob
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import schedules, sharding, train_lib
-from transformer_jax.experiment_config import base_config
-from transformer_jax.model import Transformer
 from transformer_jax.config import TransformerConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# ----------------------------------------------------------------------------- schedules
-
-
-def test_paper_schedule_values():
-  f = schedules.paper_schedule(d_model=512, warmup_steps=4000)
-  assert float(f(0)) == 0.0
-  np.testing.assert_allclose(f(1), 512**-0.5 * 4000**-1.5, rtol=1e-6)
-  peak = 512**-0.5 * 4000**-0.5
-  np.testing.assert_allclose(f(4000), peak, rtol=1e-6)  # End of warmup: the maximum.
-  np.testing.assert_allclose(f(8000), peak / np.sqrt(2), rtol=1e-6)  # Inverse square root decay.
-  assert f(2000) < f(4000) > f(4001)
-
-
-def test_rsqrt_and_cosine_schedule_values():
-  f = schedules.rsqrt_schedule(peak=1e-3, warmup_steps=100)
-  np.testing.assert_allclose([f(0), f(1), f(50), f(100), f(400)],
-                             [0.0, 1e-5, 5e-4, 1e-3, 5e-4], rtol=1e-6)
-  g = schedules.cosine_schedule(peak=1e-3, warmup_steps=100, total_steps=1100)
-  np.testing.assert_allclose([g(0), g(50), g(100), g(600), g(1100)],
-                             [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
-  assert float(schedules.optimizer_schedule(f)(0)) == pytest.approx(1e-5)  # Update 1 = step 1.
-  with pytest.raises(ValueError, match="schedule"):
-    schedules.create_schedule("linear", d_model=8, warmup_steps=1, peak_learning_rate=1.0,
-                              total_steps=10)
+from transformer_jax.experiment_config import OptimConfig
+from transformer_jax.model import Transformer
 
 
 # ----------------------------------------------------------------------------- loss
@@ -88,9 +55,8 @@ def test_loss_nll_and_accuracy_match_the_plain_formulas():
 
 
 def _optim(**overrides):
-  o = base_config().optim
-  o.update(schedule="rsqrt", warmup_steps=2, peak_learning_rate=1e-2, **overrides)
-  return o
+  return OptimConfig(**{"schedule": "rsqrt", "warmup_steps": 2, "peak_learning_rate": 1e-2,
+                        **overrides})
 
 
 def _batch(batch_size=8, length=6, seed=0):
@@ -175,8 +141,7 @@ def test_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
   params = {"kernel": jnp.full((3,), 2.0), "scale": jnp.full((2,), -1.0)}
   zeros = jax.tree.map(jnp.zeros_like, params)
   for decay in (0.0, 0.2):
-    optim = _optim(weight_decay=decay)
-    optim.schedule = "constant"
+    optim = _optim(weight_decay=decay, schedule="constant")
     tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
     updates, _ = tx.update(zeros, tx.init(params), params)
     lr = float(schedule(1))
@@ -190,15 +155,14 @@ def test_weight_decay_mask_matrices_spares_biases_and_layer_norm():
   params = {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((2, 3), 1.0),
             "layer_norm": {"scale": jnp.full((3,), -1.0)}}
   zeros = jax.tree.map(jnp.zeros_like, params)
-  optim = _optim(weight_decay=0.5, weight_decay_mask="matrices")
-  optim.schedule = "constant"
+  optim = _optim(weight_decay=0.5, weight_decay_mask="matrices", schedule="constant")
   tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
   updates, _ = tx.update(zeros, tx.init(params), params)
   lr = float(schedule(1))
   np.testing.assert_allclose(updates["kernel"], -lr * 0.5 * params["kernel"], rtol=1e-6)
   np.testing.assert_array_equal(updates["bias"], 0.0)
   np.testing.assert_array_equal(updates["layer_norm"]["scale"], 0.0)
-  model_params = _tiny_state()[0].params
+  model_params = _tiny_params()
   decayed = train_lib.weight_decay_mask("matrices")(model_params)
   named = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(decayed)}
   assert named["['shared_embedding']['embedding']"]
@@ -209,90 +173,62 @@ def test_weight_decay_mask_matrices_spares_biases_and_layer_norm():
     train_lib.create_optimizer(_optim(weight_decay_mask="none"), d_model=32, num_train_steps=10)
 
 
-# ----------------------------------------------------------------------------- checkpoints
 
 
-def _tiny_state():
+def _tiny_params():
   config = TransformerConfig.tiny(40)
   tx, _ = train_lib.create_optimizer(_optim(), d_model=32, num_train_steps=10)
   return jax.jit(functools.partial(train_lib.init_state, model=Transformer(config), tx=tx))(
-      jax.random.key(0)), config, tx
+      jax.random.key(0)).params
 
 
-def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
-  state, config, tx = _tiny_state()
-  state = state.replace(step=jnp.asarray(7))
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
-  assert ckpt.save(7, state, {"position": 123}, {"seed": 0})
-  ckpt.close()
-  abstract = jax.eval_shape(lambda: state)
-  restored, data_state, step = checkpoint_lib.Checkpointer(str(tmp_path)).restore(abstract)
-  assert step == 7 and data_state == {"position": 123} and int(restored.step) == 7
-  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
-    np.testing.assert_array_equal(a, b)
-  params, step, saved_config = checkpoint_lib.load_params(str(tmp_path))
-  assert step == 7 and saved_config == {"seed": 0}
-  np.testing.assert_array_equal(params["shared_embedding"]["embedding"],
-                                state.params["shared_embedding"]["embedding"])
+# ----------------------------------------------------------------------------- loop helpers
 
 
-def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):
-  state, _, _ = _tiny_state()
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
-  ckpt.save(1, state, {}, {})
-  ckpt.close()
-  wider = TransformerConfig.tiny(40, d_ff=128)
-  tx, _ = train_lib.create_optimizer(_optim(), d_model=32, num_train_steps=10)
-  abstract = jax.eval_shape(functools.partial(train_lib.init_state, model=Transformer(wider),
-                                              tx=tx), jax.random.key(0))
-  with pytest.raises(ValueError, match=r"feed_forward.*wi.*(64|128)"):
-    checkpoint_lib.Checkpointer(str(tmp_path)).restore(abstract)
+class _Loss:
+  """Stands in for a device array whose computation finishes when the test says so."""
+
+  def __init__(self):
+    self.ready = False
+
+  def is_ready(self):
+    return self.ready
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
-  state, _, _ = _tiny_state()
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
-  ckpt.save(1, state, {"position": 1}, {})
-  ckpt.save(2, state.replace(step=jnp.asarray(2)), {"position": 2}, {})
-  ckpt.close()
-  # Corrupt step 2: truncate every array file it holds.
-  for path in glob.glob(str(tmp_path / "checkpoints" / "2" / "state" / "**" / "*"), recursive=True):
-    if os.path.isfile(path) and not path.endswith(("_METADATA", "_CHECKPOINT_METADATA")):
-      open(path, "wb").close()
-  restored = checkpoint_lib.Checkpointer(str(tmp_path)).restore(jax.eval_shape(lambda: state))
-  assert restored is not None and restored[2] == 1 and restored[1] == {"position": 1}
-  assert any("unreadable" in r.message for r in caplog.records)
-  assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))  # Moved aside, not deleted.
+def test_progress_bar_counts_only_completed_steps():
+  losses = [_Loss() for _ in range(4)]
+  with train_lib._Progress(10, 20, enabled=True) as progress:
+    for loss in losses[:3]:
+      progress.add(loss)
+    assert progress._bar.n == 10  # Dispatched, not computed: the bar does not run ahead.
+    losses[0].ready = losses[1].ready = True
+    progress.add(losses[3])
+    assert progress._bar.n == 12  # The ready prefix counts; step 3 is still running.
+    progress.complete({"train_loss": 1.0, "learning_rate": 1e-3, "tokens_per_sec": 5.0})
+    assert progress._bar.n == 14  # Fetched metrics mean every step so far is done.
 
 
-def test_load_params_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="Train first"):
-    checkpoint_lib.load_params(str(tmp_path))
+def test_metrics_log_averages_losses_and_refuses_a_non_finite_one(tmp_path):
+  from transformer_jax import monitoring
+  writer = monitoring.MetricsWriter(str(tmp_path))
+  metrics_log = train_lib._MetricsLog(writer, str(tmp_path / "checkpoints"), start_step=0)
+  for step, loss in ((1, 2.0), (2, 4.0)):
+    metrics_log.add(step, {"train_loss": jnp.asarray(loss), "num_tokens": jnp.asarray(10.0),
+                           "learning_rate": jnp.asarray(0.1)})
+  record = metrics_log.flush(2)
+  assert record["train_loss"] == 3.0 and record["learning_rate"] == pytest.approx(0.1)
+  assert monitoring.read_metrics(writer.path)[-1]["step"] == 2
+  metrics_log.last_saved = 2
+  metrics_log.add(3, {"train_loss": jnp.asarray(jnp.nan), "num_tokens": jnp.asarray(10.0),
+                      "learning_rate": jnp.asarray(0.1)})
+  with pytest.raises(train_lib.NonFiniteLossError, match="step 3.*last good checkpoint, step 2"):
+    metrics_log.check_finite(4)
+  writer.close()
 
 
-# ----------------------------------------------------------------------------- configs
-
-
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
-def test_every_config_file_loads(path):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  assert isinstance(config, ml_collections.ConfigDict)
-  for key in ("num_train_steps", "checkpoint_every_steps", "log_every_steps", "eval_every_steps",
-              "seed"):
-    assert key in config
-  model_config = train_lib.build_model_config(config.model, vocab_size=config.data.vocab_size,
-                                              bos_id=1, eos_id=2)
-  assert model_config.d_model % model_config.num_heads == 0
-  train_lib.create_optimizer(config.optim, d_model=model_config.d_model,
-                             num_train_steps=config.num_train_steps)
-
-
-def test_unknown_model_field_is_refused():
-  model = base_config().model
-  model.unlock() if hasattr(model, "unlock") else None
-  model.d_modle = 3
-  with pytest.raises(ValueError, match="d_modle"):
-    train_lib.build_model_config(model, vocab_size=10, bos_id=1, eos_id=2)
+def test_preemption_flag_is_local_with_one_process():
+  with train_lib._Preemption() as preemption:
+    assert not preemption.requested(sync_point=True)
+    preemption.signum = 15
+    # One process needs no agreement: it stops at the very next step.
+    assert preemption.requested(sync_point=False)

@@ -78,11 +78,36 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed[step] == pytest.approx(losses[step], rel=1e-4), step
 
 
-def test_unknown_config_key_is_refused(tmp_path):
-  code, out = _finish(_train(str(tmp_path), "--config.no_such_key=1"), timeout=120)
-  assert code != 0 and "no_such_key" in out
-  code, out = _finish(_train(str(tmp_path), "--config.model.d_model=30"), timeout=120)
-  assert code != 0 and "num_heads" in out and "Traceback" not in out
+@pytest.mark.parametrize("args, message", [
+    (["--config.optim.warmup_step=3"],
+     "error: --config.optim.warmup_step: config.optim.warmup_step is not a setting (did you mean "
+     "optim.warmup_steps?)."),
+    (["--config.no_such_key=1"], "config.no_such_key is not a setting"),
+    (["--config.model.d_model=30"], "config.model.d_model=30 is not divisible by num_heads=4"),
+    (["--config.num_train_steps=abc"], "--config.num_train_steps=abc"),
+    (["--config.model.pre_norm=maybe"], "--config.model.pre_norm=maybe"),
+    (["--config.log_every_steps=0"], "config.log_every_steps=0: must be >= 1."),
+    (["--config.num_train_steps=-5"], "config.num_train_steps=-5: must be >= 1."),
+    (["--config=configs/no_such_config.py"], "--config: cannot load the config file"),
+])
+def test_bad_config_is_one_line_and_exit_code_2_before_anything_is_written(tmp_path, args,
+                                                                          message):
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), f"--config={TINY}",
+                         f"--workdir={workdir}", *args], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert not workdir.exists()  # Refused before data preparation: nothing written.
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("not a directory")
+  code, out = _finish(_train(str(path)), timeout=120)
+  assert code == 2 and "is a file, not a directory" in out and "Traceback" not in out
+  assert path.read_text() == "not a directory"
 
 
 def test_non_finite_loss_stops_without_a_bad_checkpoint(tmp_path):
@@ -97,7 +122,7 @@ def test_non_finite_loss_stops_without_a_bad_checkpoint(tmp_path):
   config.log_every_steps = 3
   config.eval_every_steps = 0
   config.optim.schedule = "constant"
-  config.optim.peak_learning_rate = float("nan")  # Parameters turn NaN after the first update.
+  config.optim.peak_learning_rate = 1e30  # Parameters overflow after the first update.
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step 2.*checkpoint, step 1"):
     train_lib.train_and_evaluate(config, str(tmp_path))
   assert _steps(str(tmp_path)) == [1]

@@ -77,11 +77,14 @@ def test_translate_cli_errors(tmp_path, workdir):
   assert result.returncode == 1 and "/no/such/file" in result.stderr
   result = _run("translate.py", f"--workdir={tmp_path}", stdin="x\n")
   assert result.returncode == 1 and "tokenizer.model" in result.stderr
+  for beam in ("0", "-3"):  # Refused before loading anything, not decoded greedily.
+    result = _run("translate.py", f"--workdir={workdir}", f"--beam_size={beam}", stdin="x\n")
+    assert result.returncode == 2 and "positive beam size" in result.stderr
 
 
 def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
-  a, step_a, _ = checkpoint_lib.load_params(workdir, 10)
-  b, step_b, _ = checkpoint_lib.load_params(workdir, 20)
+  a, step_a, _ = checkpoint_lib.read_params(workdir, 10)
+  b, step_b, _ = checkpoint_lib.read_params(workdir, 20)
   mean, steps, config = checkpoint_lib.average_params(workdir, 2)
   assert steps == [10, 20] and config["model"]["d_model"] == 32
   key = ("shared_embedding", "embedding")
@@ -89,7 +92,7 @@ def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
                              rtol=1e-6)
   path, steps = checkpoint_lib.save_averaged(workdir, 2)
   assert path.endswith(os.path.join("averaged", "20"))
-  written, step, _ = checkpoint_lib.load_params(workdir, subdir="averaged")
+  written, step, _ = checkpoint_lib.read_params(workdir, subdir="averaged")
   assert step == 20
   np.testing.assert_allclose(written[key[0]][key[1]], mean[key[0]][key[1]])
   with pytest.raises(ValueError, match="holds 2"):
@@ -101,7 +104,7 @@ def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir
   model, params, tokenizer, _ = inference.load_translator(workdir, "latest")
   # References are the latest checkpoint's own greedy output (this barely trained model's beams
   # end at once): that row scores 100, the others less.
-  references = evaluation.translate(model, params, tokenizer, lines, greedy=True)
+  references = evaluation.translate(model, params, tokenizer, lines, beam_size=1)
   src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
   src.write_text("\n".join(lines) + "\n")
   ref.write_text("\n".join(references) + "\n")
@@ -134,3 +137,6 @@ def test_tune_decoding_errors(workdir, tmp_path):
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
                 "--checkpoints=average:9")
   assert result.returncode == 1 and "holds 2" in result.stderr
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
+                "--beam_sizes=0,-2")
+  assert result.returncode == 1 and "beam sizes must be positive" in result.stderr

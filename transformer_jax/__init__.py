@@ -10,6 +10,7 @@ from transformer_jax.attention import (
     padding_mask,
     plain_attention,
     segment_mask,
+    slot_mask,
 )
 from transformer_jax.model import (
     Decoder,
@@ -32,6 +33,6 @@ __all__ = [
     "TransformerConfig", "Transformer", "Encoder", "Decoder", "EncoderLayer", "DecoderLayer",
     "MultiHeadAttention", "FeedForward", "SubLayer", "PositionalEncoding", "SharedEmbedding",
     "Embedder", "init_cache", "causal_mask", "make_attention_mask", "padding_mask",
-    "plain_attention", "segment_mask", "sinusoidal_encoding", "greedy_search", "beam_search", "ids_until_eos",
-    "length_penalty", "stack_layer_params", "unstack_layer_params",
+    "plain_attention", "segment_mask", "slot_mask", "sinusoidal_encoding", "greedy_search",
+    "beam_search", "ids_until_eos", "length_penalty", "stack_layer_params", "unstack_layer_params",
 ]

@@ -56,13 +56,34 @@ def make_attention_mask(query_tokens: Array, key_tokens: Array, *, pad_id: int =
   return mask
 
 
+def slot_mask(beam_history_BxNxL: Array, key_valid_BxLxN: Array) -> Array:
+  """The self-attention mask of N hypotheses per row over a slot cache, `[B, 1, N, L * N]`.
+
+  A decoding cache holds, for each of L positions, the keys of the row's N hypothesis slots,
+  position-major (key p * N + m). Query n may attend to key p * N + m iff its history put its own
+  token at position p in slot m and that key is valid (written, and not padding).
+
+  Args:
+    beam_history_BxNxL: int, `beam_history[b, n, p]` is the slot that holds hypothesis n's token
+      at position p.
+    key_valid_BxLxN: bool, whether slot m at position p holds a real token; False at positions
+      not yet written, which makes the mask causal.
+
+  Returns:
+    The boolean mask `[B, 1, N, L * N]`.
+  """
+  batch, beams, length = beam_history_BxNxL.shape
+  in_slot_BxNxLxN = beam_history_BxNxL[..., None] == jnp.arange(beams)
+  return (in_slot_BxNxLxN & key_valid_BxLxN[:, None]).reshape(batch, 1, beams, length * beams)
+
+
 # ----------------------------------------------------------------------------- attention
 
 
 def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
   """The `implementation` argument of `jax.nn.dot_product_attention`."""
   if cfg.attention_impl == "auto":
-    half = jnp.dtype(cfg.dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    half = cfg.compute_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     return "cudnn" if jax.default_backend() == "gpu" and half else None
   return cfg.attention_impl  # "xla" or "cudnn"
 
@@ -110,12 +131,13 @@ class MultiHeadAttention(nn.Module):
   (`cross=True`) projects the encoder output `[B, S, D]` once, on the initializing call, into
   `[B, H, S, K]` and reuses it every step. Self-attention takes one new token for each of N
   hypotheses of a row (`inputs_q [B, N, D]`; N = 1 for plain incremental decoding) and writes
-  their keys and values into N slots of a `[B, H, L * N, K]` cache at the current position
-  (position-major: key p * N + slot). Each query attends over all L * N keys of its row, through
-  `mask [B, 1, N, L * N]`: which slot held each of its earlier tokens (beam search follows
-  hypotheses through this mask instead of copying the cache when beams are reordered). The
-  initializing call sizes the cache from that mask's shape; `init_cache` runs it with the trained
-  parameters.
+  their keys and values into N slots of a `[B, H, L * N, K]` cache at `decode_position`
+  (position-major: key p * N + slot). The caller keeps that position (one counter for all the
+  layers of a decoder) and the mask `[B, 1, N, L * N]` (see `slot_mask`), which alone decides
+  which of the L * N keys each query sees: the slots that held its earlier tokens (beam search
+  follows hypotheses through this mask instead of copying the cache when beams are reordered),
+  none beyond `decode_position`. The initializing call sizes the cache from that mask's shape;
+  `init_cache` runs it with the trained parameters.
 
   The plain path (`attention_impl="plain"`, or attention dropout in training) sows its float32
   weights `[B, H, T, S]` as "intermediates"/"attention_weights" when that collection is mutable
@@ -127,17 +149,19 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None = None, *,
-               deterministic: bool = True, decode: bool = False) -> Array:
+               deterministic: bool = True, decode: bool = False,
+               decode_position: Array | None = None) -> Array:
     cfg = self.config
     H, K = cfg.num_heads, cfg.head_dim
     dense = functools.partial(nn.DenseGeneral, features=(H, K), kernel_init=dense_init,
-                              dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+                              dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype)
     q_BxTxHxK = dense(name="query")(inputs_q)
     key, value = dense(name="key"), dense(name="value")
     out_proj = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=dense_init,
-                               dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="out")
+                               dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, name="out")
     if decode:
-      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, key, value))
+      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, decode_position, key,
+                                             value))
     k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
@@ -151,7 +175,7 @@ class MultiHeadAttention(nn.Module):
           q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
     return out_proj(out_BxTxHxK)
 
-  def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, key, value):
+  def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, position, key, value):
     """Attention of the new queries against the cached keys and values (heads first)."""
     heads_first = lambda x_BxSxHxK: jnp.swapaxes(x_BxSxHxK, 1, 2)
     if self.cross:
@@ -160,47 +184,39 @@ class MultiHeadAttention(nn.Module):
                                 lambda: heads_first(value(inputs_kv))).value
     else:
       k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
-          heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask)
+          heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask, position)
     # Everything heads first: plain batched matmuls over (B, H), no relayout of the caches.
     q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2)
     probs_BxHxNxS = _attention_probs(q_BxHxNxK, k_BxHxSxK, mask, heads_first=True)
     return jnp.swapaxes(_attend(probs_BxHxNxS, v_BxHxSxK, heads_first=True), 1, 2)
 
-  def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask):
-    """Writes the N new keys/values at the current position; returns the row's L * N of them.
+  def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask, position):
+    """Writes the N new keys/values at `position`; returns the row's L * N of them and the mask.
 
     The cache is `[B, H, L * N, K]`, position-major (key s = p * N + slot), so that one step's
     N writes are one contiguous in-place update and attention reads the cache as it is.
     """
     batch, heads, beams, head_dim = k_BxHxNxK.shape
     is_initialized = self.has_variable("cache", "cached_key")
-    if not is_initialized:
-      if mask is None or mask.ndim != 4 or mask.shape[-1] % beams:
-        raise ValueError("The initializing decode=True call of self-attention sizes its cache "
-                         "from a [B, 1, N, L * N] mask; got "
-                         f"{None if mask is None else mask.shape}. Use init_cache.")
-      keys = mask.shape[-1]
-    else:
-      keys = self.get_variable("cache", "cached_key").shape[2]
+    if mask is None or mask.ndim != 4 or mask.shape[-1] % beams:
+      raise ValueError("decode=True self-attention takes its mask [B, 1, N, L * N] over the "
+                       f"cache (see slot_mask); got {None if mask is None else mask.shape}. "
+                       "Build the cache with init_cache.")
+    if is_initialized and position is None:
+      raise ValueError("decode=True self-attention takes decode_position, the int32 position "
+                       "its N new keys and values are written at; the caller keeps it.")
+    keys = self.get_variable("cache", "cached_key").shape[2] if is_initialized else mask.shape[-1]
     shape = (batch, heads, keys, head_dim)
     cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxHxNxK.dtype)
     cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxHxNxK.dtype)
-    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-    if not is_initialized:  # The initializing call only sizes the cache.
+    if not is_initialized:  # Only sizes the cache; its output is discarded.
       return k_BxHxNxK, v_BxHxNxK, None
-    if cached_key.value.shape[:2] != shape[:2] or keys % beams:
+    if cached_key.value.shape[:2] != shape[:2] or keys % beams or mask.shape[-1] != keys:
       raise ValueError(f"decode=True takes one new token per hypothesis, [B, N] = "
-                       f"{(batch, beams)} as when the cache was built "
-                       f"(its [B, H, L * N, K] is {cached_key.value.shape}).")
-    index = cache_index.value
-    at = (0, 0, index * beams, 0)
-    k_BxHxSxK = jax.lax.dynamic_update_slice(cached_key.value, k_BxHxNxK, at)
-    v_BxHxSxK = jax.lax.dynamic_update_slice(cached_value.value, v_BxHxNxK, at)
-    cached_key.value, cached_value.value = k_BxHxSxK, v_BxHxSxK
-    cache_index.value = index + 1
-    length = keys // beams
-    step_mask = jnp.repeat(jnp.arange(length) <= index, beams)[None, None, None, :]
-    if mask is None:  # Each hypothesis its own slot: N independent continuations.
-      slot_S = jnp.tile(jnp.arange(beams), length)
-      mask = (jnp.arange(beams)[:, None] == slot_S[None, :])[None, None]
-    return k_BxHxSxK, v_BxHxSxK, mask & step_mask
+                       f"{(batch, beams)} as when the cache was built, and a mask over its "
+                       f"L * N keys (cache [B, H, L * N, K] = {cached_key.value.shape}, mask "
+                       f"{mask.shape}).")
+    at = (0, 0, position * beams, 0)
+    cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BxHxNxK, at)
+    cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v_BxHxNxK, at)
+    return cached_key.value, cached_value.value, mask

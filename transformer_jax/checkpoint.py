@@ -44,9 +44,6 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def save(self, step: int, state, data_state: dict | None, config: dict) -> bool:
     """Starts an (async) save of `state` at `step`; returns whether one was started."""
     if step in self.manager.all_steps():
@@ -87,9 +84,6 @@ class Checkpointer:
     if jax.process_index() == 0:
       shutil.move(src, dst)
     self.manager.reload()
-
-  def wait(self) -> None:
-    self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -161,9 +155,9 @@ def _restore_params(manager, step: int) -> tuple[dict, dict]:
   return jax.tree.map(np.asarray, restored["state"]["params"]), dict(restored["config"] or {})
 
 
-def load_params(workdir: str, step: int | None = None, *,
+def read_params(workdir: str, step: int | None = None, *,
                 subdir: str = "checkpoints") -> tuple[dict, int, dict]:
-  """Only the model parameters of a checkpoint: `(params, step, config_dict)`, as numpy arrays.
+  """Only the model parameters of one checkpoint: `(params, step, config_dict)`, numpy arrays.
 
   `subdir="averaged"` reads the checkpoints written by `save_averaged`.
   """

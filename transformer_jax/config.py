@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
 _ACTIVATIONS = ("relu", "gelu")
 _POSITIONAL = ("sinusoidal", "learned")
@@ -28,7 +30,8 @@ class TransformerConfig:
     max_len: Longest position the model supports (learned positions' table size).
     share_embeddings: One matrix for source, target and output projection.
     pre_norm: LayerNorm before each sub-layer (plus a final one) instead of after.
-    dtype: Computation dtype, e.g. "float32" or "bfloat16".
+    dtype: Computation dtype: "auto" (bfloat16 on GPU/TPU, float32 on CPU, resolved for the
+      backend the model runs on; read `compute_dtype`), "float32" or "bfloat16".
     param_dtype: Parameter dtype (keep float32).
     pad_id: Id of padding; always 0.
     bos_id: Id that starts every decoder input.
@@ -55,7 +58,7 @@ class TransformerConfig:
   max_len: int = 512
   share_embeddings: bool = True
   pre_norm: bool = False
-  dtype: Any = "float32"
+  dtype: Any = "auto"
   param_dtype: Any = "float32"
   pad_id: int = 0
   bos_id: int = 1
@@ -70,21 +73,20 @@ class TransformerConfig:
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_heads", "d_ff", "num_encoder_layers",
                  "num_decoder_layers", "max_len"):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"TransformerConfig.{name} must be a positive integer, got {value!r}.")
+      require_int(f"TransformerConfig.{name}", getattr(self, name), minimum=1)
     if self.d_model % self.num_heads:
       raise ValueError(
           f"TransformerConfig.d_model={self.d_model} is not divisible by num_heads="
           f"{self.num_heads}: each head gets d_model / num_heads dimensions, so choose "
-          f"num_heads among the divisors of d_model (e.g. {_divisors_near(self.d_model, self.num_heads)}).")
+          "num_heads among the divisors of d_model "
+          f"(e.g. {_divisors_near(self.d_model, self.num_heads)}).")
     for name in ("dropout_rate", "attention_dropout_rate"):
       value = getattr(self, name)
       if not 0.0 <= value < 1.0:
         raise ValueError(f"TransformerConfig.{name} must be in [0, 1), got {value!r}.")
     if not self.layer_norm_epsilon > 0:
-      raise ValueError(
-          f"TransformerConfig.layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}.")
+      raise ValueError("TransformerConfig.layer_norm_epsilon must be positive, got "
+                       f"{self.layer_norm_epsilon!r}.")
     if self.pad_id != 0:
       raise ValueError(f"TransformerConfig.pad_id must be 0 (padding is id 0 everywhere), "
                        f"got {self.pad_id!r}.")
@@ -99,15 +101,27 @@ class TransformerConfig:
     for name, allowed in (("activation", _ACTIVATIONS), ("positional", _POSITIONAL),
                           ("attention_impl", _ATTENTION_IMPLS)):
       if getattr(self, name) not in allowed:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
+        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of "
+                         f"{allowed}.")
     for name in ("dtype", "param_dtype"):
+      value = getattr(self, name)
+      if name == "dtype" and value == "auto":
+        continue
       try:
-        dtype = jnp.dtype(getattr(self, name))
+        dtype = jnp.dtype(value)
       except TypeError as e:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not a dtype; "
-                         "use e.g. 'float32' or 'bfloat16'.") from e
+        raise ValueError(f"TransformerConfig.{name}={value!r} is not a dtype; use e.g. "
+                         "'float32' or 'bfloat16'" + (" (or 'auto')." if name == "dtype" else ".")
+                         ) from e
       if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"TransformerConfig.{name} must be a floating dtype, got {dtype}.")
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    """`dtype`, with "auto" resolved for the default backend: bfloat16 on GPU/TPU, else float32."""
+    if self.dtype == "auto":
+      return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    return jnp.dtype(self.dtype)
 
   @property
   def head_dim(self) -> int:
@@ -143,3 +157,14 @@ class TransformerConfig:
 def _divisors_near(n: int, k: int) -> list[int]:
   divisors = [d for d in range(1, n + 1) if n % d == 0]
   return sorted(divisors, key=lambda d: (abs(d - k), d))[:3]
+
+
+def require_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+  """`value` if it is an integer (not a bool) >= `minimum`; else a ValueError naming `name`."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ValueError(f"{name} must be an integer, got {value!r}.")
+  if minimum is not None and value < minimum:
+    kind = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum,
+                                                                      f"an integer >= {minimum}")
+    raise ValueError(f"{name} must be {kind}, got {value!r}.")
+  return int(value)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transformer_jax.config import TransformerConfig
+from transformer_jax.config import TransformerConfig, require_int
 from transformer_jax.model import Transformer, init_cache
 
 Array = jax.Array
@@ -94,14 +94,13 @@ def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4
     EOS. Slots beyond the number of possible hypotheses score -inf and hold only padding. With
     `return_steps`, a triple (tokens, scores, steps).
   """
-  if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
-    raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+  beam_size = require_int("beam_size", beam_size, minimum=1)
   if not np.isfinite(alpha):
     raise ValueError(f"alpha (the length penalty exponent) must be finite, got {alpha!r}.")
   config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
   tokens_BxNxT, scores_BxN, steps = _beam(params, src, limit_B, np.int32(min_len),
                                           np.float32(alpha), config=config,
-                                          beam_size=int(beam_size), max_len=length)
+                                          beam_size=beam_size, max_len=length)
   if return_steps:
     return tokens_BxNxT, scores_BxN, steps
   return tokens_BxNxT, scores_BxN
@@ -149,13 +148,9 @@ def _prepare(model, params, src, max_len, min_len):
     length = src.shape[1] + EXTRA_LENGTH
     limit_B = jnp.sum(src != config.pad_id, axis=1, dtype=jnp.int32) + EXTRA_LENGTH
   else:
-    if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) or max_len < 1:
-      raise ValueError(f"max_len must be a positive integer (or None for source length + "
-                       f"{EXTRA_LENGTH}), got {max_len!r}.")
-    length = int(max_len)
+    length = require_int("max_len", max_len, minimum=1)
     limit_B = jnp.full((src.shape[0],), length, jnp.int32)
-  if isinstance(min_len, bool) or not isinstance(min_len, (int, np.integer)) or min_len < 0:
-    raise ValueError(f"min_len must be a non-negative integer, got {min_len!r}.")
+  min_len = require_int("min_len", min_len, minimum=0)
   if min_len > length:
     raise ValueError(f"min_len={min_len} exceeds max_len={length}: nothing could be generated.")
   if config.positional == "learned" and length > config.max_len:

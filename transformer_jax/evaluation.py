@@ -18,6 +18,7 @@ from sacrebleu.metrics import BLEU, CHRF
 import tqdm
 
 from transformer_jax import decoding
+from transformer_jax.config import require_int
 from transformer_jax.model import Transformer
 
 
@@ -121,8 +122,8 @@ def bucket_length(length: int, minimum: int = 16) -> int:
 
 
 def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: Sequence[str], *,
-              beam_size: int = 4, alpha: float = 0.6, greedy: bool = False,
-              max_len: int | None = None, min_len: int = 0, batch_tokens: int = 4096,
+              beam_size: int = 4, alpha: float = 0.6, max_len: int | None = None,
+              min_len: int = 0, batch_tokens: int = 4096,
               append_eos: bool = True, progress: bool = False) -> list[str]:
   """Translates `lines`, returned in input order.
 
@@ -136,9 +137,8 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
     tokenizer: `encode(str) -> ids`, `decode(ids) -> str`, and the model's `pad_id`, `bos_id`,
       `eos_id`.
     lines: Source sentences.
-    beam_size: Beam width (the paper: 4).
-    alpha: Length penalty (the paper: 0.6).
-    greedy: Greedy search instead of beam search.
+    beam_size: Beam width (the paper: 4); 1 = greedy search.
+    alpha: Length penalty (the paper: 0.6; unused by greedy search).
     max_len: Most generated tokens; default each source's length + 50 (the paper).
     min_len: No EOS before this many tokens.
     batch_tokens: Padded source tokens per batch (beams multiply the decoder's share).
@@ -155,8 +155,8 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
     if value != getattr(config, name):
       raise ValueError(f"tokenizer.{name}={value!r} but the model's TransformerConfig.{name}="
                        f"{getattr(config, name)}; use the tokenizer the model was trained with.")
-  if batch_tokens < 1:
-    raise ValueError(f"batch_tokens must be positive, got {batch_tokens}.")
+  require_int("batch_tokens", batch_tokens, minimum=1)
+  require_int("beam_size", beam_size, minimum=1)
   if isinstance(lines, str):
     raise ValueError("lines must be a list of sentences, not one string.")
 
@@ -175,7 +175,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
       src = np.full((batch.size, batch.length), config.pad_id, np.int32)
       for row, j in enumerate(members + members[:1] * (batch.size - len(members))):
         src[row, :len(ids[j])] = ids[j]  # Filler rows copy the first, so they end with it.
-      if greedy:
+      if beam_size == 1:
         tokens = decoding.greedy_search(model, params, src, max_len=max_len, min_len=min_len)
       else:
         tokens = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,

@@ -1,57 +1,79 @@
-"""Loading a trained workdir (model, checkpoint parameters, tokenizer) and text for decoding."""
+"""Loading a trained workdir for decoding: model, checkpoint parameters and tokenizer.
+
+A workdir describes itself: every checkpoint stores the experiment configuration it was trained
+with, and `tokenizer.model` sits beside them. The model is rebuilt from those alone (no config
+file, no training library), with the compute dtype resolved for the device at hand
+(`model.dtype="auto"`: bfloat16 on GPU/TPU, float32 on CPU).
+"""
 
 from __future__ import annotations
 
-import gzip
 import os
-import sys
 from typing import Any
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax.data import Tokenizer
+from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.experiment_config import ConfigError, ExperimentConfig
 from transformer_jax.model import Transformer
-from transformer_jax.train_lib import build_model_config
+
+TOKENIZER_FILE = "tokenizer.model"
+CHECKPOINT_CHOICES = "latest, a step number, average:N or averaged"
 
 
 def load_params(workdir: str, checkpoint: str = "latest") -> tuple[Any, dict, str]:
   """(params, config_dict, description) for `checkpoint`: latest, a step, average:N or averaged."""
   if checkpoint == "latest":
-    params, step, config = checkpoint_lib.load_params(workdir)
+    params, step, config = checkpoint_lib.read_params(workdir)
     return params, config, f"checkpoint {step}"
   if checkpoint == "averaged":
-    params, step, config = checkpoint_lib.load_params(workdir, subdir="averaged")
+    params, step, config = checkpoint_lib.read_params(workdir, subdir="averaged")
     return params, config, f"averaged checkpoint ending at {step}"
   count = checkpoint.removeprefix("average:")
   if count != checkpoint and count.isdigit():
     params, steps, config = checkpoint_lib.average_params(workdir, int(count))
     return params, config, f"average of checkpoints {steps}"
   if checkpoint.isdigit():
-    params, step, config = checkpoint_lib.load_params(workdir, int(checkpoint))
+    params, step, config = checkpoint_lib.read_params(workdir, int(checkpoint))
     return params, config, f"checkpoint {step}"
-  raise ValueError(f"checkpoint={checkpoint!r}: use latest, a step, average:N or averaged.")
+  raise ValueError(f"--checkpoint {checkpoint!r}: use {CHECKPOINT_CHOICES}.")
+
+
+def load_tokenizer(workdir: str) -> Tokenizer:
+  """The workdir's tokenizer (written by training)."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
+  path = os.path.join(workdir, TOKENIZER_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
+  return Tokenizer.load(path)
+
+
+def experiment_from_checkpoint(config: dict | None, workdir: str) -> ExperimentConfig:
+  """The `ExperimentConfig` a checkpoint stores, or a ValueError saying how to fix the workdir."""
+  if not config:
+    raise ValueError(f"The checkpoints of {workdir} store no experiment configuration (written "
+                     "by a very old version). Resume training once with `python train.py "
+                     "--config ORIGINAL_CONFIG --workdir ...` and a higher num_train_steps so that "
+                     "a new checkpoint stores it.")
+  try:
+    return ExperimentConfig.from_dict(config)
+  except ConfigError as e:
+    raise ValueError(f"The configuration stored in {workdir}'s checkpoints does not load in this "
+                     f"version: {e} Rename or drop that setting in the checkpoint's config/ "
+                     "metadata (JSON), or retrain.") from None
+
+
+def model_for(experiment: ExperimentConfig, tokenizer: Tokenizer) -> Transformer:
+  """The Transformer of `experiment` with the tokenizer's vocabulary and special ids."""
+  return Transformer(experiment.model_config(
+      vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
+      eos_id=tokenizer.eos_id))
 
 
 def load_translator(workdir: str, checkpoint: str = "latest"
                     ) -> tuple[Transformer, Any, Tokenizer, str]:
   """(model, params, tokenizer, description) for a trained workdir (see `load_params`)."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  tokenizer_path = os.path.join(workdir, "tokenizer.model")
-  if not os.path.isfile(tokenizer_path):
-    raise FileNotFoundError(f"{tokenizer_path} is missing: is {workdir} a training workdir?")
+  tokenizer = load_tokenizer(workdir)
   params, config, what = load_params(workdir, checkpoint)
-  tokenizer = Tokenizer.load(tokenizer_path)
-  model_config = build_model_config(config["model"], vocab_size=tokenizer.vocab_size,
-                                    bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id)
-  return Transformer(model_config), params, tokenizer, what
-
-
-def read_lines(path: str) -> list[str]:
-  """One sentence per line from `path` ('-' = stdin; a .gz file is read compressed)."""
-  if path == "-":
-    return sys.stdin.read().splitlines()
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--input/--reference file {path} does not exist.")
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return f.read().splitlines()
+  model = model_for(experiment_from_checkpoint(config, workdir), tokenizer)
+  return model, params, tokenizer, what

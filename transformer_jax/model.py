@@ -3,8 +3,8 @@
 Shape legend: B batch, S source length, T target length, L cached decode length,
 D d_model, H num_heads, K head_dim (d_k = d_v), F d_ff, V vocab_size.
 
-Every module takes the `TransformerConfig` as its one attribute. Attention and its masks live in
-`attention.py` and are re-exported here.
+Every module takes the `TransformerConfig` as its first attribute. Attention and its masks live
+in `attention.py`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,8 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from transformer_jax.attention import (  # noqa: F401  (re-exported: the model's public API)
-    MultiHeadAttention,
-    causal_mask,
-    dense_init,
-    make_attention_mask,
-    padding_mask,
-    plain_attention,
-    segment_mask,
-)
-from transformer_jax.config import TransformerConfig
+from transformer_jax.attention import MultiHeadAttention, dense_init, make_attention_mask, slot_mask
+from transformer_jax.config import TransformerConfig, require_int
 
 Array = jax.Array
 
@@ -74,8 +66,8 @@ class SharedEmbedding(nn.Module):
 
   def __call__(self, tokens: Array) -> Array:
     cfg = self.config
-    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.dtype)
-    return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.dtype)
+    x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.compute_dtype)
+    return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.compute_dtype)
 
   def attend(self, x_BxTxD: Array) -> Array:
     """Float32 logits `[B, T, V]` against the embedding matrix."""
@@ -107,7 +99,7 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
     cfg = self.config
-    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=cfg.dtype,
+    dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype)
     h_BxTxF = dense(cfg.d_ff, name="wi")(x)
     h_BxTxF = nn.relu(h_BxTxF) if cfg.activation == "relu" else nn.gelu(h_BxTxF)
@@ -122,7 +114,7 @@ class SubLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, f, *, deterministic: bool) -> Array:
     cfg = self.config
-    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype,
+    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                         param_dtype=cfg.param_dtype, name="norm")
     dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.pre_norm:
@@ -131,13 +123,18 @@ class SubLayer(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-  """Self-attention then feed-forward, each wrapped in residual + LayerNorm."""
+  """Self-attention then feed-forward, each wrapped in residual + LayerNorm.
+
+  `deterministic` is a field rather than an argument: fields are static under `nn.scan` and
+  `nn.remat`, so the layer stack ties nothing to argument positions.
+  """
 
   config: TransformerConfig
+  deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool = True):
-    cfg = self.config
+  def __call__(self, x: Array, mask: Array):
+    cfg, deterministic = self.config, self.deterministic
     attention = MultiHeadAttention(cfg, name="self_attention")
     x = SubLayer(cfg, name="attention_block")(
         x, lambda h: attention(h, h, mask, deterministic=deterministic),
@@ -149,17 +146,24 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-  """Masked self-attention, encoder-decoder attention, feed-forward; residual + LayerNorm each."""
+  """Masked self-attention, encoder-decoder attention, feed-forward; residual + LayerNorm each.
+
+  With `decode=True`, `decode_position` is where the self-attention cache takes the new keys and
+  values (see `MultiHeadAttention`). The static flags are fields, as in `EncoderLayer`.
+  """
 
   config: TransformerConfig
+  deterministic: bool = True
+  decode: bool = False
 
   @nn.compact
   def __call__(self, y: Array, encoded: Array, self_mask: Array | None, cross_mask: Array,
-               deterministic: bool = True, decode: bool = False):
-    cfg = self.config
+               decode_position: Array | None = None):
+    cfg, deterministic, decode = self.config, self.deterministic, self.decode
     self_attention = MultiHeadAttention(cfg, name="self_attention")
     y = SubLayer(cfg, name="self_attention_block")(
-        y, lambda h: self_attention(h, h, self_mask, deterministic=deterministic, decode=decode),
+        y, lambda h: self_attention(h, h, self_mask, deterministic=deterministic, decode=decode,
+                                    decode_position=decode_position),
         deterministic=deterministic)
     cross_attention = MultiHeadAttention(cfg, cross=True, name="cross_attention")
     y = SubLayer(cfg, name="cross_attention_block")(
@@ -172,16 +176,23 @@ class DecoderLayer(nn.Module):
     return y, None
 
 
-def _layer_stack(cfg: TransformerConfig, layer_cls, num_layers: int, num_args: int,
-                 static_argnums: tuple[int, ...]):
-  """The layer class as applied N times: remat'd and/or scanned per the config."""
+def _layer_stack(cfg: TransformerConfig, layer_cls, num_layers: int, x: Array, *args, **fields):
+  """Applies `num_layers` layers to `x`, remat'd and/or scanned per the config; returns `x`.
+
+  Called inside a parent's compact method: the layers are its submodules, one scanned "layers"
+  (parameters stacked on a leading axis) or "layers_0", "layers_1", .... `args` are the same for
+  every layer (scan broadcasts them all); `fields` are the layer's static flags.
+  """
   if cfg.remat:
-    layer_cls = nn.remat(layer_cls, static_argnums=static_argnums, prevent_cse=not cfg.scan_layers)
+    layer_cls = nn.remat(layer_cls, prevent_cse=not cfg.scan_layers)
   if cfg.scan_layers:
-    return nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
-                   split_rngs={"params": True, "dropout": True},
-                   in_axes=(nn.broadcast,) * num_args, length=num_layers)
-  return layer_cls
+    layer_cls = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0, "intermediates": 0},
+                        split_rngs={"params": True, "dropout": True}, in_axes=nn.broadcast,
+                        length=num_layers)
+    return layer_cls(cfg, name="layers", **fields)(x, *args)[0]
+  for i in range(num_layers):
+    x, _ = layer_cls(cfg, name=f"layers_{i}", **fields)(x, *args)
+  return x
 
 
 # ----------------------------------------------------------------------------- stacks
@@ -203,14 +214,10 @@ class Encoder(nn.Module):
     x = Embedder(cfg, embed, name="embedder")(src, src_positions, deterministic=deterministic)
     mask = make_attention_mask(src, src, pad_id=cfg.pad_id, query_segments=src_segments,
                                key_segments=src_segments)
-    layer = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, 2, static_argnums=(3,))
-    if cfg.scan_layers:
-      x, _ = layer(cfg, name="layers")(x, mask, deterministic)
-    else:
-      for i in range(cfg.num_encoder_layers):
-        x, _ = layer(cfg, name=f"layers_{i}")(x, mask, deterministic)
+    x = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask,
+                     deterministic=deterministic)
     if cfg.pre_norm:
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype,
+      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                        param_dtype=cfg.param_dtype, name="final_norm")(x)
     return x
 
@@ -238,58 +245,66 @@ class Decoder(nn.Module):
                beam_history: Array | None = None) -> Array:
     cfg = self.config
     embed = self.embed if self.embed is not None else SharedEmbedding(cfg, name="tgt_embedding")
+    position = None  # The self-attention caches' write position, with decode=True.
     if decode:
-      is_initialized = self.has_variable("cache", "position")
-      if not is_initialized and beam_history is None:
-        raise ValueError("The initializing decode=True call sizes the cache from beam_history "
-                         "[B, N, L]; build the cache with init_cache.")
-      position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
-      batch, beams = tgt_in.shape
-      # Sized on the initializing call only, from beam_history [B, N, L]: [B, L, N].
-      key_valid_BxLxN = self.variable("cache", "key_valid", lambda: jnp.zeros(
-          jnp.swapaxes(beam_history, 1, 2).shape, bool))
-      length = key_valid_BxLxN.value.shape[1]
-      if beam_history is None:  # Hypothesis n's tokens are all in slot n.
-        beam_history = jnp.broadcast_to(jnp.arange(beams)[None, :, None], (batch, beams, length))
-      if beam_history.shape != (batch, beams, length):
-        raise ValueError(f"beam_history must be [B, N, L] = {(batch, beams, length)} for tgt_in "
-                         f"{tgt_in.shape} and a cache of length {length}; got "
-                         f"{beam_history.shape}.")
-      index = position.value
-      if tgt_positions is None:
-        tgt_positions = jnp.broadcast_to(index, tgt_in.shape)
-      if is_initialized:
-        # Padding keys are masked as in the full pass; the causal part comes from the position.
-        key_valid_BxLxN.value = jax.lax.dynamic_update_slice(
-            key_valid_BxLxN.value, (tgt_in != cfg.pad_id)[:, None, :], (0, index, 0))
-        position.value = index + 1
-      # Query n sees slot m at position p where its history puts it: [B, 1, N, L * N] with the
-      # keys position-major, as the self-attention caches hold them.
-      in_slot_BxNxLxN = beam_history[..., None] == jnp.arange(beams)
-      self_mask = (in_slot_BxNxLxN & key_valid_BxLxN.value[:, None]).reshape(
-          batch, 1, beams, length * beams)
+      tgt_positions, self_mask, position = self._decode_inputs(tgt_in, tgt_positions,
+                                                               beam_history)
     else:
-      if tgt_positions is None:
-        tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
       self_mask = make_attention_mask(tgt_in, tgt_in, pad_id=cfg.pad_id, causal=True,
                                       query_segments=tgt_segments, key_segments=tgt_segments)
+    if tgt_positions is None:
+      tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
     cross_mask = make_attention_mask(tgt_in, src, pad_id=cfg.pad_id, query_segments=tgt_segments,
                                      key_segments=src_segments)
     y = Embedder(cfg, embed, name="embedder")(tgt_in, tgt_positions, deterministic=deterministic)
-    layer = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, 5, static_argnums=(5, 6))
-    if cfg.scan_layers:
-      y, _ = layer(cfg, name="layers")(y, encoded, self_mask, cross_mask, deterministic, decode)
-    else:
-      for i in range(cfg.num_decoder_layers):
-        y, _ = layer(cfg, name=f"layers_{i}")(y, encoded, self_mask, cross_mask, deterministic,
-                                              decode)
+    y = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask, cross_mask,
+                     position, deterministic=deterministic, decode=decode)
     if cfg.pre_norm:
-      y = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype,
+      y = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                        param_dtype=cfg.param_dtype, name="final_norm")(y)
     if cfg.share_embeddings:
       return embed.attend(y)
-    return nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=dense_init, dtype=cfg.dtype,
-                    param_dtype=cfg.param_dtype, name="output_projection")(y).astype(jnp.float32)
+    return nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=dense_init,
+                    dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                    name="output_projection")(y).astype(jnp.float32)
+
+  def _decode_inputs(self, tgt_in_BxN: Array, tgt_positions: Array | None,
+                     beam_history_BxNxL: Array | None):
+    """The decode-only bookkeeping, kept in the "cache" collection next to the layers' caches.
+
+    One position counter serves the self-attention caches of every layer. A `[B, L, N]` table
+    records which fed tokens were real (not padding), so that padding keys are masked as in the
+    full forward pass; it is False beyond the current position, which makes the mask causal.
+
+    Returns:
+      (positions `[B, N]` of the fed tokens, the self-attention mask `[B, 1, N, L * N]`, the
+      cache position the layers write them at).
+    """
+    is_initialized = self.has_variable("cache", "position")
+    if not is_initialized and beam_history_BxNxL is None:
+      raise ValueError("The initializing decode=True call sizes the cache from beam_history "
+                       "[B, N, L]; build the cache with init_cache.")
+    position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+    # Sized on the initializing call only, from beam_history [B, N, L]: [B, L, N].
+    key_valid_BxLxN = self.variable("cache", "key_valid", lambda: jnp.zeros(
+        jnp.swapaxes(beam_history_BxNxL, 1, 2).shape, bool))
+    batch, beams = tgt_in_BxN.shape
+    length = key_valid_BxLxN.value.shape[1]
+    if beam_history_BxNxL is None:  # Hypothesis n's tokens are all in slot n.
+      beam_history_BxNxL = jnp.broadcast_to(jnp.arange(beams)[None, :, None],
+                                            (batch, beams, length))
+    if beam_history_BxNxL.shape != (batch, beams, length):
+      raise ValueError(f"beam_history must be [B, N, L] = {(batch, beams, length)} for tgt_in "
+                       f"{tgt_in_BxN.shape} and a cache of length {length}; got "
+                       f"{beam_history_BxNxL.shape}.")
+    index = position.value
+    if tgt_positions is None:
+      tgt_positions = jnp.broadcast_to(index, tgt_in_BxN.shape)
+    if is_initialized:  # The initializing call only sizes the cache.
+      key_valid_BxLxN.value = jax.lax.dynamic_update_slice(
+          key_valid_BxLxN.value, (tgt_in_BxN != self.config.pad_id)[:, None, :], (0, index, 0))
+      position.value = index + 1
+    return tgt_positions, slot_mask(beam_history_BxNxL, key_valid_BxLxN.value), index
 
 
 class Transformer(nn.Module):
@@ -347,8 +362,7 @@ def init_cache(model: Transformer, params, encoded_BxSxD: Array, src_BxS: Array,
   tokens). Self-attention caches start empty; the encoder-decoder keys and values are projected
   from `encoded_BxSxD` with `params` (the "params" collection), once, here.
   """
-  if isinstance(beam_size, bool) or not isinstance(beam_size, (int, np.integer)) or beam_size < 1:
-    raise ValueError(f"beam_size must be a positive integer, got {beam_size!r}.")
+  beam_size = require_int("beam_size", beam_size, minimum=1)
   batch = src_BxS.shape[0]
   tgt_BxN = jnp.zeros((batch, beam_size), jnp.int32)
   history_BxNxL = jnp.zeros((batch, beam_size, length), jnp.int32)

@@ -71,9 +71,9 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
   """Training/eval loss, learning rate and BLEU against step, as one PNG."""
   if not os.path.exists(metrics_path):
     return None
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  # matplotlib's Agg canvas without pyplot: no global backend or figure state to touch.
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
   records = read_metrics(metrics_path)
   series = lambda key: [(r["step"], r[key]) for r in records
@@ -84,7 +84,9 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
   panels = [(t, keys) for t, keys in panels if keys]
   if not panels:
     return None
-  fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+  fig = Figure(figsize=(5 * len(panels), 3.6))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, len(panels), squeeze=False)
   for ax, (title, keys) in zip(axes[0], panels):
     for key in keys:
       xs, ys = zip(*series(key))
@@ -95,5 +97,4 @@ def plot_curves(metrics_path: str, png_path: str) -> str | None:
     ax.legend()
   fig.tight_layout()
   fig.savefig(png_path, dpi=110)
-  plt.close(fig)
   return png_path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -9,7 +10,7 @@ import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -18,40 +19,20 @@ import optax
 from flax.training import train_state
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import monitoring, schedules, sharding
-from transformer_jax.config import TransformerConfig
+from transformer_jax import experiment_config, monitoring, schedules, sharding
+from transformer_jax.experiment_config import ExperimentConfig, OptimConfig
 from transformer_jax.model import Transformer
 
 log = logging.getLogger(__name__)
 
 TrainState = train_state.TrainState
-BATCH_KEYS = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions",
-              "tgt_positions")
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or infinite; no checkpoint was written past the last good one."""
 
 
-# ----------------------------------------------------------------------------- config edges
-
-
-def build_model_config(model_config, *, vocab_size: int, bos_id: int, eos_id: int,
-                       pad_id: int = 0) -> TransformerConfig:
-  """`TransformerConfig` from the `model` block; the tokenizer fixes the vocabulary and ids."""
-  fields = dict(model_config)
-  known = {f.name for f in dataclasses.fields(TransformerConfig)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f"config.model.{unknown[0]} is not a TransformerConfig field; known fields: "
-                     f"{sorted(known)}.")
-  if fields.get("dtype", "auto") == "auto":  # bf16 on accelerators, float32 on CPU.
-    fields["dtype"] = "float32" if jax.default_backend() == "cpu" else "bfloat16"
-  fields.update(vocab_size=vocab_size, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
-  return TransformerConfig(**fields)
-
-
-WEIGHT_DECAY_MASKS = ("all", "matrices")
+# ----------------------------------------------------------------------------- optimizer
 
 
 def weight_decay_mask(kind: str):
@@ -69,28 +50,28 @@ def weight_decay_mask(kind: str):
       last = path[-1]
       return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
     return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
-  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of {WEIGHT_DECAY_MASKS}.")
+  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of "
+                   f"{experiment_config.WEIGHT_DECAY_MASKS}.")
 
 
-def create_optimizer(optim_config, *, d_model: int, num_train_steps: int):
+def create_optimizer(o: OptimConfig, *, d_model: int, num_train_steps: int):
   """Adam(beta1, beta2, eps) under the configured schedule, optional clipping and accumulation.
 
   Returns `(tx, schedule)`; `schedule(step)` is the rate used at step `step` (the first is 1;
   with `grad_accum_steps=k`, k steps make one update).
   """
-  o = optim_config
   schedule = schedules.create_schedule(
       o.schedule, d_model=d_model, warmup_steps=o.warmup_steps,
       peak_learning_rate=o.peak_learning_rate, total_steps=num_train_steps,
-      scale=o.get("schedule_scale", 1.0), end_fraction=o.get("end_learning_rate_fraction", 0.0))
+      scale=o.schedule_scale, end_fraction=o.end_learning_rate_fraction)
   chain = []
-  if o.get("grad_clip_norm", 0.0) and o.grad_clip_norm > 0:
+  if o.grad_clip_norm > 0:
     chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
   chain.append(optax.adamw(schedules.optimizer_schedule(schedule), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.get("weight_decay", 0.0),
-                           mask=weight_decay_mask(o.get("weight_decay_mask", "all"))))
+                           weight_decay=o.weight_decay,
+                           mask=weight_decay_mask(o.weight_decay_mask)))
   tx = optax.chain(*chain)
-  k = o.get("grad_accum_steps", 1)
+  k = o.grad_accum_steps
   if k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k)
     # Steps count batches; the k batches ending in update u all report update u's rate.
@@ -169,61 +150,164 @@ def init_state(rng: jax.Array, *, model: Transformer, tx) -> TrainState:
   return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
+# ----------------------------------------------------------------------------- setup
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs, built by `setup`; `state` advances as the loop runs."""
+  config: ExperimentConfig
+  workdir: str
+  data: Any                     # transformer_jax.data.DataBundle
+  model: Transformer
+  mesh: jax.sharding.Mesh
+  state: TrainState
+  start_step: int
+  train_step: Callable          # Compiled: (state, batch) -> (state, metrics).
+  eval_step: Callable           # Compiled: (params, batch) -> loss sums.
+  checkpointer: checkpoint_lib.Checkpointer
+  writer: monitoring.MetricsWriter
+
+  @property
+  def is_main(self) -> bool:
+    return jax.process_index() == 0
+
+  def close(self) -> None:
+    """Finishes the saves already started, flushes metrics, stops the data threads."""
+    try:
+      self.checkpointer.close()
+    finally:
+      self.writer.close()
+      self.data.close()
+
+
+def setup(config: ExperimentConfig, workdir: str) -> Run:
+  """Data, model, optimizer, mesh, state (fresh or restored), compiled steps and metrics writer."""
+  from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets, grain).
+
+  data = data_lib.create_datasets(config.data, workdir, seed=config.seed,
+                                  process_index=jax.process_index(),
+                                  process_count=jax.process_count())
+  tok = data.tokenizer
+  model = Transformer(config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                                          bos_id=tok.bos_id, eos_id=tok.eos_id))
+  tx, schedule = create_optimizer(config.optim, d_model=model.config.d_model,
+                                  num_train_steps=config.num_train_steps)
+  mesh = sharding.create_mesh()
+  init_rng, dropout_key = jax.random.split(jax.random.key(config.seed))
+  init_fn = functools.partial(init_state, model=model, tx=tx)
+  abstract = jax.eval_shape(init_fn, init_rng)
+  state_shardings = sharding.state_shardings(abstract, mesh, fsdp=config.fsdp)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, state_shardings)
+  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                     keep_period=config.keep_every_steps or None)
+  restored = ckpt.restore(abstract)
+  if restored is not None:
+    state, data_state, start_step = restored
+    if data_state:
+      data.train_iter.set_state(data_state)
+    log.info("Resumed from %s/%d.", ckpt.directory, start_step)
+  else:
+    state, start_step = jax.jit(init_fn, out_shardings=state_shardings)(init_rng), 0
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log.info("Model: %s parameters; mesh %s over %d devices in %d processes.", f"{num_params:,}",
+           dict(mesh.shape), jax.device_count(), jax.process_count())
+
+  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  label_smoothing = config.optim.label_smoothing
+  p_train_step = jax.jit(
+      functools.partial(train_step, model=model, dropout_key=dropout_key,
+                        label_smoothing=label_smoothing, schedule=schedule),
+      in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
+      donate_argnums=0)
+  p_eval_step = jax.jit(functools.partial(eval_step, model=model, label_smoothing=label_smoothing),
+                        in_shardings=(state_shardings.params, batch_sharding),
+                        out_shardings=replicated)
+  writer = monitoring.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  writer.truncate_after(start_step)
+  return Run(config, workdir, data, model, mesh, state, start_step, p_train_step, p_eval_step,
+             ckpt, writer)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
-class _Preemption:
-  """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any]:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
-  def __init__(self):
-    self.signum = None
-    self._previous = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._previous[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # Not the main thread: no handler, no preemption saves.
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signum = signum
-    log.warning("Received %s: saving a checkpoint after this step, then exiting.",
-                signal.Signals(signum).name)
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-  def requested(self) -> bool:
-    """Whether any process was signalled (agreed across processes, so all save together)."""
-    flag = self.signum is not None
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
-    return flag
+  `config` is an `ExperimentConfig` or a ConfigDict / dict of one (validated here). At eval
+  steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set;
+  `eval_hook(params, model, data, step) -> dict` adds more metrics.
+  """
+  config = experiment_config.from_config_dict(config)
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  run = setup(config, workdir)
+  try:
+    final = _loop(run, eval_hook)
+  finally:
+    run.close()
+  if run.is_main:
+    monitoring.plot_curves(run.writer.path, os.path.join(workdir, "curves.png"))
+  return final
 
 
-def _check_finite(history: list[dict], step: int, last_good: int | None, workdir: str) -> None:
-  for metrics in history:
-    loss = float(metrics["train_loss"])
-    if not math.isfinite(loss):
-      where = (f"the last good checkpoint, step {last_good}, is untouched in "
-               f"{checkpoint_lib.checkpoint_dir(workdir)}" if last_good is not None
-               else "no checkpoint was written")
-      raise NonFiniteLossError(
-          f"Training loss is {loss} at step {int(metrics['step'])} (checked at step {step}); "
-          f"stopping: {where}. Lower optim.peak_learning_rate (or the schedule scale), set "
-          "optim.grad_clip_norm, or train in float32 (--config.model.dtype=float32).")
+def _loop(run: Run, eval_hook) -> dict[str, Any]:
+  """Train, log, evaluate, save, stop on preemption: one step at a time."""
+  c = run.config
+  metrics_log = _MetricsLog(run.writer, run.checkpointer.directory, run.start_step)
+  progress = _Progress(run.start_step, c.num_train_steps, enabled=run.is_main)
+  final, step, stop = {}, run.start_step, False
+  with _Preemption() as preemption, progress:
+    for step in range(run.start_step + 1, c.num_train_steps + 1):
+      batch = sharding.global_batch(next(run.data.train_iter), run.mesh)
+      run.state, metrics = run.train_step(run.state, batch)
+      metrics_log.add(step, metrics)
+      progress.add(metrics["train_loss"])
+      is_last = step == c.num_train_steps
+      save_due = step % c.checkpoint_every_steps == 0 or is_last
+      stop = preemption.requested(sync_point=save_due or step % c.log_every_steps == 0)
+      if step % c.log_every_steps == 0 or is_last or stop:
+        final.update(metrics_log.flush(step))
+        progress.complete(final)
+      if c.eval_every_steps and (step % c.eval_every_steps == 0 or is_last):
+        final.update(_evaluate(run, step, eval_hook))
+        metrics_log.restart_clock()  # Evaluation time is not training throughput.
+      if save_due or stop:
+        _save(run, step, metrics_log)
+      if stop:
+        log.warning("Stopped by signal at step %d; checkpoint saved.", step)
+        break
+  final.update(step=step, preempted=stop)
+  return final
+
+
+def _save(run: Run, step: int, metrics_log: _MetricsLog) -> None:
+  """A checkpoint of `run.state` at `step`, once every step since the last save is finite."""
+  metrics_log.check_finite(step)
+  if run.checkpointer.save(step, run.state, run.data.train_iter.get_state(),
+                           run.config.to_dict()):
+    metrics_log.last_saved = step
+
+
+def _evaluate(run: Run, step: int, eval_hook) -> dict[str, Any]:
+  """Eval loss (+ BLEU / chrF and samples, + the hook's metrics), written at `step`."""
+  metrics = evaluate(run.eval_step, run.state.params, run.data.eval_batches(), run.mesh)
+  bleu, samples = translation_metrics(run.config, run.state.params, run.model, run.data)
+  metrics.update(bleu)
+  if eval_hook is not None:
+    metrics.update(eval_hook(run.state.params, run.model, run.data, step))
+  run.writer.write(step, metrics)
+  log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
+  return {**metrics, "samples": samples}
 
 
 def evaluate(p_eval_step, params, eval_batches, mesh) -> dict[str, float]:
   """Token-averaged loss, perplexity and accuracy over every eval batch."""
   totals = None
   for batch in eval_batches:
-    sums = p_eval_step(params, sharding.global_batch(_select(batch), mesh))
+    sums = p_eval_step(params, sharding.global_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
     return {}
@@ -235,6 +319,23 @@ def evaluate(p_eval_step, params, eval_batches, mesh) -> dict[str, float]:
           "eval_accuracy": float(totals["correct_sum"]) / n}
 
 
+def translation_metrics(config: ExperimentConfig, params, model: Transformer,
+                        data) -> tuple[dict, list[str]]:
+  """BLEU and chrF of the first `eval_bleu_examples` eval sentences, and a few sample lines."""
+  from transformer_jax import evaluation
+  n = config.eval_bleu_examples
+  if not n or not data.eval_sources:
+    return {}, []
+  sources = data.eval_sources if n < 0 else data.eval_sources[:n]
+  references = data.eval_references[:len(sources)]
+  hypotheses, scores = evaluation.translate_and_score(
+      model, _local_copy(params), data.tokenizer, sources, references,
+      tokenize=config.eval_bleu_tokenize, beam_size=config.eval_beam_size)
+  samples = [f"  {s}\n  -> {h}\n     (reference: {r})" for s, h, r in
+             list(zip(sources, hypotheses, references))[:config.num_sample_translations]]
+  return {"eval_bleu": scores["bleu"].score, "eval_chrf": scores["chrf"].score}, samples
+
+
 def _local_copy(params):
   """A single-device copy of (replicated or FSDP-sharded) parameters, for host-side decoding."""
   if jax.process_count() == 1:
@@ -243,145 +344,123 @@ def _local_copy(params):
   return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
 
 
-def translation_metrics(config, params, model: Transformer, data) -> tuple[dict, list[str]]:
-  """BLEU and chrF of the first `eval_bleu_examples` eval sentences, and a few sample lines."""
-  from transformer_jax import evaluation
-  n = config.get("eval_bleu_examples", 0)
-  if not n or not data.eval_sources:
-    return {}, []
-  sources = data.eval_sources if n < 0 else data.eval_sources[:n]
-  references = data.eval_references[:len(sources)]
-  beam = config.get("eval_beam_size", 4)
-  hypotheses, scores = evaluation.translate_and_score(
-      model, _local_copy(params), data.tokenizer, sources, references,
-      tokenize=config.get("eval_bleu_tokenize", "13a"), beam_size=max(beam, 1), greedy=beam <= 1)
-  samples = [f"  {s}\n  -> {h}\n     (reference: {r})" for s, h, r in
-             list(zip(sources, hypotheses, references))[:config.get("num_sample_translations", 3)]]
-  metrics = {"eval_bleu": scores["bleu"].score, "eval_chrf": scores["chrf"].score}
-  return metrics, samples
+# ----------------------------------------------------------------------------- loop helpers
 
 
-def _select(batch):
-  return {k: np.asarray(batch[k], np.int32) for k in BATCH_KEYS if k in batch}
+class _MetricsLog:
+  """Per-step metrics stay on device until a log step: then one fetch, a finiteness check, a
+  record in metrics.jsonl (losses averaged since the last record, throughput) and TensorBoard."""
+
+  def __init__(self, writer: monitoring.MetricsWriter, checkpoint_dir: str, start_step: int):
+    self._writer, self._checkpoint_dir = writer, checkpoint_dir
+    self._pending: list[dict] = []
+    self.last_saved = start_step or None
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    self._tokens, self._t0 = 0.0, time.perf_counter()
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._pending.append({"step": step, **metrics})
+
+  def check_finite(self, step: int) -> list[dict]:
+    """The pending metrics, fetched; raises NonFiniteLossError if any loss is NaN or infinite."""
+    fetched = jax.device_get(self._pending)
+    for metrics in fetched:
+      loss = float(metrics["train_loss"])
+      if not math.isfinite(loss):
+        where = (f"the last good checkpoint, step {self.last_saved}, is untouched in "
+                 f"{self._checkpoint_dir}" if self.last_saved is not None
+                 else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"Training loss is {loss} at step {int(metrics['step'])} (checked at step {step}); "
+            f"stopping: {where}. Lower optim.peak_learning_rate (or the schedule scale), set "
+            "optim.grad_clip_norm, or train in float32 (--config.model.dtype=float32).")
+    return fetched
+
+  def flush(self, step: int) -> dict[str, float]:
+    """Writes one record for the steps since the last flush; returns it."""
+    fetched = self.check_finite(step)
+    self._pending = []
+    self._tokens += sum(float(m["num_tokens"]) for m in fetched)
+    record = {k: float(v) for k, v in fetched[-1].items() if k != "step"}
+    record["train_loss"] = float(np.mean([m["train_loss"] for m in fetched]))
+    record["tokens_per_sec"] = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
+    self._writer.write(step, record)
+    self.restart_clock()
+    return record
 
 
-def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any]:
-  """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
+class _Progress:
+  """A tqdm bar over completed steps: a step counts once its loss has been computed on device,
+  checked without blocking, so the bar never runs ahead of the device."""
 
-  At eval steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set;
-  `eval_hook(params, model, data, step) -> dict` adds more metrics.
+  def __init__(self, start: int, total: int, enabled: bool):
+    from tqdm.auto import tqdm
+    self._bar = tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
+                     dynamic_ncols=True, mininterval=1.0)
+    self._running: collections.deque[jax.Array] = collections.deque()
+
+  def __enter__(self) -> _Progress:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._bar.close()
+
+  def add(self, loss: jax.Array) -> None:
+    self._running.append(loss)
+    done = 0
+    while self._running and self._running[0].is_ready():
+      self._running.popleft()
+      done += 1
+    if done:
+      self._bar.update(done)
+
+  def complete(self, record: dict[str, float]) -> None:
+    """Every step so far is complete (its metrics were fetched); shows the latest record."""
+    self._bar.update(len(self._running))
+    self._running.clear()
+    self._bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['learning_rate']:.2e}",
+                          tok_s=f"{record['tokens_per_sec']:.0f}")
+
+
+class _Preemption:
+  """Turns SIGTERM / SIGINT into a flag the loop checks after each step.
+
+  With several processes the flag is agreed (one all-gather) only at sync points, the steps
+  where the loop fetches metrics or may save anyway, so that all processes save the same step
+  and no other step pays for a collective.
   """
-  from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets, grain).
 
-  workdir = os.path.abspath(workdir)
-  is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  # Fail on a bad model block now, before the (possibly long) data preparation.
-  build_model_config(config.model, vocab_size=max(config.data.vocab_size, 3), bos_id=1, eos_id=2)
-  data = data_lib.create_datasets(config.data, workdir, seed=config.seed,
-                                  process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-  tok = data.tokenizer
-  model_config = build_model_config(config.model, vocab_size=tok.vocab_size, bos_id=tok.bos_id,
-                                    eos_id=tok.eos_id, pad_id=tok.pad_id)
-  model = Transformer(model_config)
-  tx, schedule = create_optimizer(config.optim, d_model=model_config.d_model,
-                                  num_train_steps=config.num_train_steps)
-  mesh = sharding.create_mesh()
-  rng = jax.random.key(config.seed)
-  init_rng, dropout_key = jax.random.split(rng)
-  init_fn = functools.partial(init_state, model=model, tx=tx)
-  abstract = jax.eval_shape(init_fn, init_rng)
-  state_shardings = sharding.state_shardings(abstract, mesh, fsdp=config.get("fsdp", False))
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, state_shardings)
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
 
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.get("keep_checkpoints", 3),
-                                     keep_period=config.get("keep_every_steps", 0) or None)
-  restored = ckpt.restore(abstract)
-  if restored is not None:
-    state, data_state, start_step = restored
-    if data_state:
-      data.train_iter.set_state(data_state)
-    log.info("Resumed from %s/%d.", ckpt.directory, start_step)
-  else:
-    state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
-    start_step = 0
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  log.info("Model: %s parameters; mesh %s over %d devices in %d processes.", f"{num_params:,}",
-           dict(mesh.shape), jax.device_count(), jax.process_count())
+  def __enter__(self) -> _Preemption:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: no handler, no preemption saves.
+        pass
+    return self
 
-  replicated = sharding.replicated(mesh)
-  batch_sharding = sharding.batch_sharding(mesh)
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, dropout_key=dropout_key,
-                        label_smoothing=config.optim.label_smoothing, schedule=schedule),
-      in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
-  p_eval_step = jax.jit(
-      functools.partial(eval_step, model=model, label_smoothing=config.optim.label_smoothing),
-      in_shardings=(state_shardings.params, batch_sharding), out_shardings=replicated)
+  def _handle(self, signum, frame):
+    del frame
+    self.signum = signum
+    log.warning("Received %s: saving a checkpoint at the next %s, then exiting.",
+                signal.Signals(signum).name,
+                "log or checkpoint step" if jax.process_count() > 1 else "step")
 
-  writer = monitoring.MetricsWriter(workdir, enabled=is_main)
-  writer.truncate_after(start_step)
-  config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-  num_steps = config.num_train_steps
-  pending, last_saved, final = [], start_step if restored else None, {}
-  progress = _progress_bar(start_step, num_steps, is_main)
-  tokens, t0 = 0.0, time.perf_counter()
-  step = start_step
-  try:
-    with _Preemption() as preemption:
-      for step in range(start_step + 1, num_steps + 1):
-        batch = sharding.global_batch(_select(next(data.train_iter)), mesh)
-        state, metrics = p_train_step(state, batch)
-        pending.append({"step": step, **metrics})
-        is_last = step == num_steps
-        stop = preemption.requested()
-        if step % config.log_every_steps == 0 or is_last or stop:
-          fetched = jax.device_get(pending)
-          pending = []
-          _check_finite(fetched, step, last_saved, workdir)
-          tokens += sum(float(m["num_tokens"]) for m in fetched)
-          final = {k: float(v) for k, v in fetched[-1].items() if k != "step"}
-          final["train_loss"] = float(np.mean([m["train_loss"] for m in fetched]))
-          final["tokens_per_sec"] = tokens / max(time.perf_counter() - t0, 1e-9)
-          writer.write(step, final)
-          progress.set_postfix(loss=f"{final['train_loss']:.3f}",
-                               lr=f"{final['learning_rate']:.2e}",
-                               tok_s=f"{final['tokens_per_sec']:.0f}")
-          tokens, t0 = 0.0, time.perf_counter()
-        progress.update(1)
-        if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-          eval_metrics = evaluate(p_eval_step, state.params, data.eval_batches(), mesh)
-          bleu, samples = translation_metrics(config, state.params, model, data)
-          eval_metrics.update(bleu)
-          final["samples"] = samples
-          if eval_hook is not None:
-            eval_metrics.update(eval_hook(state.params, model, data, step))
-          writer.write(step, eval_metrics)
-          final.update(eval_metrics)
-          log.info("step %d: %s", step, {k: round(v, 4) for k, v in eval_metrics.items()})
-          t0 = time.perf_counter()  # Evaluation time is not training throughput.
-        if step % config.checkpoint_every_steps == 0 or is_last or stop:
-          _check_finite(jax.device_get(pending), step, last_saved, workdir)
-          if ckpt.save(step, state, data.train_iter.get_state(), config_dict):
-            last_saved = step
-        if stop:
-          log.warning("Stopped by signal at step %d; checkpoint saved.", step)
-          break
-  finally:  # Whatever happens, finish the saves already started and flush the metrics.
-    progress.close()
-    ckpt.close()
-    writer.close()
-  if is_main:
-    monitoring.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
-  final["step"] = step
-  final["preempted"] = preemption.signum is not None
-  return final
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
-
-def _progress_bar(start: int, total: int, enabled: bool):
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
-              dynamic_ncols=True, mininterval=1.0)
+  def requested(self, *, sync_point: bool) -> bool:
+    """Whether to save and stop now (in every process alike)."""
+    flag = self.signum is not None
+    if jax.process_count() == 1:
+      return flag
+    if not sync_point:
+      return False
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(flag))))

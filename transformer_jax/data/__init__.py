@@ -4,7 +4,7 @@ The training code calls `create_datasets(config.data, workdir, seed=..., process
 process_count=...)`; the parts are exported for other uses (translation, benchmarks, tests).
 """
 
-from transformer_jax.data.bundle import DataBundle, DataConfig, create_datasets, load_split
+from transformer_jax.data.bundle import DataBundle, create_datasets, load_split
 from transformer_jax.data.corpus import (
     hub_to_pairs,
     load_hub_split,
@@ -12,6 +12,7 @@ from transformer_jax.data.corpus import (
     load_local_split,
     load_parallel_files,
     load_tsv,
+    pairs_to_dataset,
     read_lines,
 )
 from transformer_jax.data.pipeline import (
@@ -26,11 +27,12 @@ from transformer_jax.data.pipeline import (
 )
 from transformer_jax.data.synthetic import synthetic_pairs, synthetic_splits
 from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.experiment_config import DataConfig
 
 __all__ = [
     "BATCH_KEYS", "DataBundle", "DataConfig", "TokenizedSplit", "Tokenizer", "TrainIterator",
     "create_datasets", "filter_pairs", "hub_to_pairs", "load_hub_split", "load_jsonl",
     "load_local_split", "load_parallel_files", "load_split", "load_tsv", "make_eval_batches",
-    "make_example", "make_train_iterator", "read_lines", "synthetic_pairs", "synthetic_splits",
-    "tokenize_split",
+    "make_example", "make_train_iterator", "pairs_to_dataset", "read_lines", "synthetic_pairs",
+    "synthetic_splits", "tokenize_split",
 ]

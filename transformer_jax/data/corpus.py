@@ -1,9 +1,10 @@
 """Parallel corpora: Hugging Face hub datasets and local files, read strictly.
 
-A corpus split is a list of `(source, target)` string pairs (local files, the synthetic task) or a
-`datasets.Dataset` with string columns `source` and `target` (the hub). Lines are split on "\\n"
-only and stripped of surrounding whitespace; nothing else is changed. Empty pairs are kept here
-(the pipeline drops and counts them), and every inconsistency is an error that names the file:
+The file readers return lists of `(source, target)` string pairs; a split enters the pipeline as
+a `datasets.Dataset` with string columns `source` and `target`: the hub's as loaded, local files
+and the synthetic task through `pairs_to_dataset`. Lines are split on "\\n" only and stripped of
+surrounding whitespace; nothing else is changed. Empty pairs are kept here (the pipeline drops
+and counts them), and every inconsistency is an error that names the file:
   - different line counts on the two sides (both files, both counts),
   - a missing file or directory (the path, and the files that were expected),
   - an empty corpus,
@@ -14,9 +15,11 @@ only and stripped of surrounding whitespace; nothing else is changed. Empty pair
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
+import sys
 import zlib
 from typing import Any
 
@@ -50,13 +53,18 @@ def resolve_file(path: str | os.PathLike, what: str = "Corpus file") -> str:
 
 
 def read_lines(path: str | os.PathLike) -> list[str]:
-  """The lines of a UTF-8 text file (`.gz` decompressed), each stripped of outer whitespace.
+  """The stripped lines of a UTF-8 text file (`.gz` decompressed; "-" = standard input).
 
   Raises:
     FileNotFoundError: `path` does not exist.
-    ValueError: undecodable bytes (file, line number and byte offset), or a corrupt gzip file.
+    ValueError: undecodable bytes (file, line number and byte offset; "<stdin>" for "-"), or a
+      corrupt gzip file.
   """
   path = os.fspath(path)
+  if path == "-":
+    # The raw bytes, not sys.stdin's text layer: its encoding follows the locale, and a bad byte
+    # should name the line like a file's does.
+    return _decode_lines(sys.stdin.buffer.read(), "<stdin>")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"Corpus file {path} does not exist.")
   try:
@@ -69,13 +77,18 @@ def read_lines(path: str | os.PathLike) -> list[str]:
   except (OSError, EOFError, zlib.error) as e:
     raise ValueError(f"Cannot read {path}: {e}. The file is corrupt or truncated; "
                      "download or decompress it again.") from e
+  return _decode_lines(data, path)
+
+
+def _decode_lines(data: bytes, name: str) -> list[str]:
+  """`data` as UTF-8 lines, stripped; `name` is the file named in the decoding error."""
   try:
     text = data.decode("utf-8")
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
     column = e.start - (data.rfind(b"\n", 0, e.start) + 1)
     raise ValueError(
-        f"{path}, line {line}: bytes that are not UTF-8 ({e.reason}, byte "
+        f"{name}, line {line}: bytes that are not UTF-8 ({e.reason}, byte "
         f"{data[e.start:e.end]!r} at column {column}). Re-encode the file as UTF-8 "
         "(e.g. `iconv -f latin1 -t utf-8`) or fix that line.") from None
   if text.startswith("\ufeff"):  # A byte-order mark is not part of the first sentence.
@@ -171,6 +184,32 @@ def _field(record: dict[str, Any], key: str, translation_field: str, where: str)
   if not isinstance(value, str):
     raise ValueError(f"{where}: field {key!r} is a {type(value).__name__}, not a string.")
   return value.strip()
+
+
+# ----------------------------------------------------------------------------- pairs as a dataset
+
+
+def pairs_to_dataset(pairs: Pairs):
+  """`pairs` as a `datasets.Dataset` with string columns `source` and `target`, in order.
+
+  Its fingerprint is a hash of the text (`pairs_fingerprint`), not a random one, so the token-id
+  cache keyed on it (`pipeline.tokenize_split`) is found again after a restart.
+  """
+  import datasets  # pylint: disable=g-import-not-at-top
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  table = datasets.table.InMemoryTable.from_pydict({
+      "source": pa.array([p[0] for p in pairs], pa.string()),
+      "target": pa.array([p[1] for p in pairs], pa.string())})
+  return datasets.Dataset(table, fingerprint=pairs_fingerprint(pairs))
+
+
+def pairs_fingerprint(pairs: Pairs) -> str:
+  """A 16-hex-digit hash of the pairs' text (unchanged since it keyed caches of pair lists)."""
+  h = hashlib.sha1()
+  for source, target in pairs:
+    h.update(source.encode("utf-8", "surrogatepass") + b"\t" +
+             target.encode("utf-8", "surrogatepass") + b"\n")
+  return h.hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- local directories

@@ -16,9 +16,7 @@ segment masks keep every example to itself. Evaluation batches hold one example 
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import gc
 import hashlib
 import logging
 import os
@@ -69,38 +67,33 @@ class TokenizedSplit:
     return np.diff(self.tgt_offsets)
 
 
-def corpus_fingerprint(corpus) -> str:
-  """A content hash of a list of pairs, or a `datasets.Dataset`'s own fingerprint."""
-  if isinstance(corpus, (list, tuple)):
-    h = hashlib.sha1()
-    for source, target in corpus:
-      h.update(source.encode("utf-8", "surrogatepass") + b"\t" +
-               target.encode("utf-8", "surrogatepass") + b"\n")
-    return h.hexdigest()[:16]
-  return str(corpus._fingerprint)  # pylint: disable=protected-access
-
-
 def tokenize_split(corpus, tokenizer: Tokenizer, cache_dir: str | None,
                    name: str = "split") -> TokenizedSplit:
   """Token ids of every pair (empty pairs stay, as empty id lists), cached on disk.
 
   Tokenization runs through `datasets.Dataset.map(batched=True)` into the Arrow file
-  `cache_dir/tokens-{name}-{key}.arrow`, keyed on the corpus content (or the hub dataset's
-  fingerprint) and the tokenizer model, so a restart loads ids instead of recomputing them.
+  `cache_dir/tokens-{name}-{key}.arrow`, keyed on the dataset's fingerprint (a content hash for
+  `corpus.pairs_to_dataset`, the hub's own otherwise) and the tokenizer model, so a restart loads
+  ids instead of recomputing them.
 
   Args:
-    corpus: A list of (source, target) strings or a `datasets.Dataset` with those columns.
+    corpus: A `datasets.Dataset` with string columns `source` and `target`
+      (`corpus.pairs_to_dataset` makes one from a list of pairs).
     tokenizer: The shared tokenizer.
     cache_dir: Directory of the cache file; None = no cache (in memory).
     name: Names the cache file and log lines (e.g. "train").
+
+  Raises:
+    TypeError: `corpus` is not such a dataset.
   """
   import datasets  # pylint: disable=g-import-not-at-top
-  if isinstance(corpus, (list, tuple)):
-    ds = datasets.Dataset.from_dict({"source": [p[0] for p in corpus],
-                                     "target": [p[1] for p in corpus]})
-  else:
-    ds = corpus
-  key = hashlib.sha1(f"{_CACHE_VERSION}|{corpus_fingerprint(corpus)}|{tokenizer.fingerprint}"
+  if not (isinstance(corpus, datasets.Dataset) and
+          {"source", "target"} <= set(corpus.column_names)):
+    raise TypeError(f"tokenize_split takes a datasets.Dataset with columns 'source' and "
+                    f"'target', not {type(corpus).__name__}; convert a list of pairs with "
+                    "transformer_jax.data.corpus.pairs_to_dataset(pairs).")
+  fingerprint = corpus._fingerprint  # pylint: disable=protected-access
+  key = hashlib.sha1(f"{_CACHE_VERSION}|{fingerprint}|{tokenizer.fingerprint}"
                      .encode()).hexdigest()[:16]
   cache_file = None
   if cache_dir:
@@ -116,10 +109,11 @@ def tokenize_split(corpus, tokenizer: Tokenizer, cache_dir: str | None,
 
   features = datasets.Features({"src": datasets.Sequence(datasets.Value("int32")),
                                 "tgt": datasets.Sequence(datasets.Value("int32"))})
-  tokens = ds.map(encode, batched=True, batch_size=10_000, remove_columns=ds.column_names,
-                  features=features, cache_file_name=cache_file, load_from_cache_file=True,
-                  keep_in_memory=cache_file is None, new_fingerprint=key,
-                  desc=f"Tokenizing {name}")
+  tokens = corpus.map(encode, batched=True, batch_size=10_000,
+                      remove_columns=corpus.column_names, features=features,
+                      cache_file_name=cache_file, load_from_cache_file=True,
+                      keep_in_memory=cache_file is None, new_fingerprint=key,
+                      desc=f"Tokenizing {name}")
   src_values, src_offsets = _flat_list_column(tokens.data.column("src"))
   tgt_values, tgt_offsets = _flat_list_column(tokens.data.column("tgt"))
   return TokenizedSplit(src_values, src_offsets, tgt_values, tgt_offsets)
@@ -199,30 +193,44 @@ class TrainIterator:
 
   `get_state()` is a JSON-serializable dict; `set_state(state)` on an iterator built from the
   same corpus and settings continues with exactly the batch that followed the saved state.
+  The owner stops the prefetch thread with `close()`, or uses the iterator as a context manager
+  (`with make_train_iterator(...) as it:`); one that is never closed is closed when it is
+  collected, or at exit.
   """
 
   def __init__(self, dataset: grain.IterDataset, rows: slice, signature: dict[str, Any]):
-    self._dataset = dataset
-    self._iter = iter(dataset)
+    self._pipeline = _OpenPipeline(iter(dataset))
     self._rows = rows
     self._signature = signature
-    _OPEN_ITERATORS.add(self)
+    # Per instance, not a registry of ours: weakref.finalize calls `release` when this object is
+    # collected or, if it is still alive then, at exit while grain's modules still exist (grain's
+    # own __del__ would close it later, during module teardown, printing "Exception ignored").
+    # The callback holds the pipeline, not `self`, so it does not keep this iterator alive.
+    self._finalizer = weakref.finalize(self, self._pipeline.release)
 
   def __iter__(self) -> TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._iter)
+    batch = next(self._pipeline.iterator())
     return {k: batch[k][self._rows] for k in BATCH_KEYS}
 
+  def __enter__(self) -> TrainIterator:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
   def close(self) -> None:
-    """Stops the prefetch thread."""
-    if self._iter is not None:
-      self._iter.close()
+    """Stops the prefetch thread and frees the pipeline; idempotent.
+
+    Using the iterator afterwards (next, get_state, set_state) raises ValueError.
+    """
+    self._finalizer()
 
   def get_state(self) -> dict[str, Any]:
     return {"version": _STATE_VERSION, "pipeline": dict(self._signature),
-            "grain": self._iter.get_state()}
+            "grain": self._pipeline.iterator().get_state()}
 
   def set_state(self, state: dict[str, Any]) -> None:
     if not isinstance(state, dict) or "grain" not in state:
@@ -232,24 +240,31 @@ class TrainIterator:
     if changed:
       log.warning("Resuming the data iterator with changed settings %s (saved, now): the batch "
                   "order differs from an uninterrupted run.", changed)
+    iterator = self._pipeline.iterator()
     try:
-      self._iter.set_state(state["grain"])
+      iterator.set_state(state["grain"])
     except (KeyError, TypeError, ValueError, IndexError) as e:
       raise ValueError(f"The saved data-iterator state does not fit this pipeline ({e!r}); the "
                        f"settings changed: {changed}. Restore them, or start a new workdir.") from e
 
 
-# Grain's iterators close themselves in __del__, which fails noisily when it runs during
-# interpreter teardown; release them (and their prefetch threads) at exit, while modules exist.
-_OPEN_ITERATORS: weakref.WeakSet[TrainIterator] = weakref.WeakSet()
+class _OpenPipeline:
+  """A TrainIterator's grain iterator, until `release` closes and drops it."""
 
+  def __init__(self, iterator: grain.DatasetIterator):
+    self._iterator = iterator
 
-@atexit.register
-def _release_iterators():
-  for it in list(_OPEN_ITERATORS):
-    it.close()
-    it._iter = it._dataset = None  # pylint: disable=protected-access
-  gc.collect()
+  def iterator(self) -> grain.DatasetIterator:
+    if self._iterator is None:
+      raise ValueError("The training iterator is closed.")
+    return self._iterator
+
+  def release(self) -> None:
+    # Dropped, not only closed: grain's prefetch iterator closes itself again in __del__, which
+    # must happen now rather than during interpreter teardown.
+    iterator, self._iterator = self._iterator, None
+    if iterator is not None:
+      iterator.close()
 
 
 def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: int, eos_id: int,
@@ -269,7 +284,8 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
     process_index, process_count: This process and how many share the batch.
     process_sharding: "shard": each process reads a disjoint 1/P of the examples;
       "rows": every process builds the same global batch and keeps rows
-      [i * B / P, (i + 1) * B / P), so the global batch is the same for any P.
+      [i * B / P, (i + 1) * B / P), so the global batch is the same for any P (the choice is
+      validated by `DataConfig`; anything but "rows" shards).
     packing_bins: First-fit bins open at once (0 = max(per-pipeline rows, 256)); more bins
       pack tighter.
     num_epochs: None = repeat forever (training); N = stop after N epochs, the last batch
@@ -277,26 +293,19 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
     prefetch: Batches prepared ahead in a background thread while the model trains (0 = off);
       the saved state still points just after the last batch handed out.
   """
-  if process_sharding not in ("shard", "rows"):
-    raise ValueError(f"data.process_sharding={process_sharding!r} must be 'shard' or 'rows'.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} is outside [0, process_count="
-                     f"{process_count}).")
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"data.batch_size={batch_size} must be a positive multiple of the process "
-                     f"count {process_count}: each process feeds batch_size / process_count rows.")
-  local_rows = batch_size // process_count
+  local_rows = rows_per_process(batch_size, process_index, process_count, "data.batch_size")
+  by_rows = process_sharding == "rows"
   longest = int(max(tokens.src_lengths[indices].max(), tokens.tgt_lengths[indices].max())) + 1
   if longest > seq_len:
     raise ValueError(f"An example has {longest} tokens (with EOS/BOS) but rows hold data.seq_len="
                      f"{seq_len}; set data.max_len <= data.seq_len.")
   ds = grain.MapDataset.source(PairSource(tokens, indices, bos_id, eos_id))
-  if process_sharding == "shard" and process_count > 1:
+  if not by_rows and process_count > 1:
     ds = ds[process_index::process_count]
     if len(ds) == 0:
       raise ValueError(f"Process {process_index} of {process_count} got no training examples "
                        f"({len(indices)} in all); use process_sharding='rows' for tiny corpora.")
-  pipeline_rows = local_rows if process_sharding == "shard" else batch_size
+  pipeline_rows = batch_size if by_rows else local_rows
   ds = ds.shuffle(seed=seed).repeat(num_epochs)
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if packing:
@@ -312,12 +321,29 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
     it = it.map(lambda batch: _pad_rows(batch, pipeline_rows))
   if prefetch:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
-  rows = (slice(process_index * local_rows, (process_index + 1) * local_rows)
-          if process_sharding == "rows" else slice(None))
+  rows = (slice(process_index * local_rows, (process_index + 1) * local_rows) if by_rows
+          else slice(None))
   signature = {"num_examples": int(len(indices)), "batch_size": batch_size, "seq_len": seq_len,
                "packing": bool(packing), "seed": seed, "process_count": process_count,
                "process_sharding": process_sharding}
   return TrainIterator(it, rows, signature)
+
+
+def rows_per_process(batch_size: int, process_index: int, process_count: int,
+                     key: str = "data.batch_size") -> int:
+  """`batch_size / process_count`: the rows each process feeds of a global batch.
+
+  Raises:
+    ValueError: `batch_size` (the setting `key`) is not a positive multiple of `process_count`,
+      or `process_index` is not in [0, process_count).
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} is outside [0, process_count="
+                     f"{process_count}).")
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"{key}={batch_size} must be a positive multiple of the process count "
+                     f"{process_count}: each process feeds batch_size / process_count rows.")
+  return batch_size // process_count
 
 
 def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -366,12 +392,20 @@ def make_eval_batches(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: in
 
   Args:
     seq_len: Row length; None = `eval_length(tokens, indices)`.
+
+  Raises:
+    ValueError: (at the call, not the first batch) `batch_size` is not a multiple of
+      `process_count`.
   """
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"data.eval_batch_size={batch_size} must be a positive multiple of the "
-                     f"process count {process_count}.")
-  seq_len = seq_len or eval_length(tokens, indices)
-  local = batch_size // process_count
+  local = rows_per_process(batch_size, process_index, process_count, "data.eval_batch_size")
+  return _eval_batches(tokens, indices, bos_id, eos_id, batch_size, local,
+                       seq_len or eval_length(tokens, indices), process_index)
+
+
+def _eval_batches(tokens: TokenizedSplit, indices: np.ndarray, bos_id: int, eos_id: int,
+                  batch_size: int, local: int, seq_len: int,
+                  process_index: int) -> Iterator[dict[str, np.ndarray]]:
+  """The batches of `make_eval_batches`, once its arguments are checked."""
   empty = {k: np.zeros(seq_len, np.int32) for k in BATCH_KEYS}
   for start in range(0, len(indices), batch_size):
     rows = []
