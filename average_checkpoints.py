@@ -15,12 +15,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  import logging
+  logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+  logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
   from transformer_jax import checkpoint as checkpoint_lib
   try:
     path, steps = checkpoint_lib.save_averaged(FLAGS.workdir, FLAGS.num_last)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   print(f"Averaged checkpoints {steps} into {path}.")
 
 

@@ -46,6 +46,8 @@ flags.DEFINE_string("workdir", None, "Checkpoints, tokenizer, metrics and plots 
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+flags.DEFINE_bool("allow_corpus_change", False, "Resume a workdir on another corpus than it was "
+                  "trained on: fine-tune its weights (with its tokenizer) on the new data.")
 FLAGS = flags.FLAGS
 
 
@@ -91,13 +93,20 @@ def main(argv):
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     _usage_error(f"--workdir {workdir} is a file, not a directory; choose another path.")
   logging.getLogger().setLevel(logging.INFO)
-  logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save chatter.
+  # Orbax logs through absl: its per-save chatter, and tracebacks of failed saves that surface
+  # here as one CheckpointSaveError line.
+  logging.getLogger("absl").setLevel(logging.CRITICAL)
   _initialize_distributed()
-  from transformer_jax import train_lib
+  from transformer_jax import checkpoint, train_lib
+  from transformer_jax import workdir as workdir_lib
 
   try:
-    final = train_lib.train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, train_lib.NonFiniteLossError) as e:
+    final = train_lib.train_and_evaluate(config, workdir,
+                                         allow_corpus_change=FLAGS.allow_corpus_change)
+  except (workdir_lib.WorkdirBusyError, workdir_lib.CorpusChangedError) as e:
+    _usage_error(str(e))
+  except (ValueError, FileNotFoundError, train_lib.NonFiniteLossError,
+          checkpoint.CheckpointSaveError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(final.items())

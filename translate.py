@@ -34,24 +34,28 @@ def main(argv):
   del argv
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+  logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
   from transformer_jax import evaluation, inference
   from transformer_jax.data.corpus import read_lines
 
-  if FLAGS.beam_size < 1:
-    print(f"error: --beam_size {FLAGS.beam_size}: use a positive beam size (1 = greedy).",
-          file=sys.stderr)
-    sys.exit(2)
-  try:
+  try:  # Every input is checked before anything is decoded or written.
+    if FLAGS.beam_size < 1:
+      raise ValueError(f"--beam_size {FLAGS.beam_size}: use a positive beam size (1 = greedy).")
+    if FLAGS.batch_tokens < 1:
+      raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
+    for flag, path in (("--output", FLAGS.output), ("--attention_plot", FLAGS.attention_plot)):
+      if path and path != "-":
+        inference.check_writable(path, flag)
     model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
     lines = read_lines(FLAGS.input)
     references = read_lines(FLAGS.reference) if FLAGS.reference else None
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   if references is not None and len(references) != len(lines):
     print(f"error: {FLAGS.reference} has {len(references)} lines but the input has {len(lines)}: "
           "they must be line-aligned.", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
   print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
   # Each sentence may grow to its own source length + 50 tokens, as in the paper.
   hypotheses = evaluation.translate(

@@ -43,6 +43,7 @@ def main(argv):
   del argv
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+  logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
   from transformer_jax import evaluation, inference
   from transformer_jax.data.corpus import read_lines
 
@@ -54,8 +55,16 @@ def main(argv):
     if min(beam_sizes) < 1:
       raise ValueError(f"--beam_sizes={','.join(FLAGS.beam_sizes)}: beam sizes must be positive "
                        "(1 = greedy).")
+    if FLAGS.batch_tokens < 1:
+      raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
+    output_json = FLAGS.output_json or os.path.join(FLAGS.workdir, "decode_tuning.json")
+    if os.path.isdir(FLAGS.workdir) or FLAGS.output_json:
+      inference.check_writable(output_json, "--output_json")
     sources = read_lines(FLAGS.input)
     references = read_lines(FLAGS.reference)
+    if not any(line.strip() for line in sources):
+      raise ValueError(f"--input {FLAGS.input} has no sentence to translate; give the "
+                       "development set's sources.")
     if len(sources) != len(references):
       raise ValueError(f"{FLAGS.reference} has {len(references)} lines but {FLAGS.input} has "
                        f"{len(sources)}: they must be line-aligned.")
@@ -69,7 +78,7 @@ def main(argv):
       loaded.append((params, what))
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(2)
 
   rows = []
   print(f"{'checkpoint':<16}{'beam':>5}{'alpha':>7}{'BLEU':>8}{'chrF':>8}{'seconds':>9}")
@@ -93,7 +102,7 @@ def main(argv):
   print(f"best: --checkpoint {best['checkpoint']} --beam_size {best['beam_size']} "
         f"--alpha {best['alpha']} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
         f"{best['signature']})")
-  path = FLAGS.output_json or os.path.join(FLAGS.workdir, "decode_tuning.json")
+  path = output_json
   with open(path, "w") as f:
     json.dump({"input": FLAGS.input, "reference": FLAGS.reference, "rows": rows, "best": best},
               f, indent=1)

@@ -3,6 +3,10 @@
 import functools
 import glob
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +34,11 @@ def _tiny_state():
 def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
   state, config, tx = _tiny_state()
   state = state.replace(step=jnp.asarray(7))
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3)
   assert ckpt.save(7, state, {"position": 123}, {"seed": 0})
   ckpt.close()
   abstract = jax.eval_shape(lambda: state)
-  restored, data_state, step = checkpoint_lib.Checkpointer(str(tmp_path)).restore(abstract)
+  restored, data_state, step = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(abstract)
   assert step == 7 and data_state == {"position": 123} and int(restored.step) == 7
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
@@ -46,7 +50,7 @@ def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
 
 def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):
   state, _, _ = _tiny_state()
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3)
   ckpt.save(1, state, {}, {})
   ckpt.close()
   wider = TransformerConfig.tiny(40, d_ff=128)
@@ -54,12 +58,12 @@ def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):
   abstract = jax.eval_shape(functools.partial(train_lib.init_state, model=Transformer(wider),
                                               tx=tx), jax.random.key(0))
   with pytest.raises(ValueError, match=r"feed_forward.*wi.*(64|128)"):
-    checkpoint_lib.Checkpointer(str(tmp_path)).restore(abstract)
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(abstract)
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   state, _, _ = _tiny_state()
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3)
   ckpt.save(1, state, {"position": 1}, {})
   ckpt.save(2, state.replace(step=jnp.asarray(2)), {"position": 2}, {})
   ckpt.close()
@@ -67,7 +71,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   for path in glob.glob(str(tmp_path / "checkpoints" / "2" / "state" / "**" / "*"), recursive=True):
     if os.path.isfile(path) and not path.endswith(("_METADATA", "_CHECKPOINT_METADATA")):
       open(path, "wb").close()
-  restored = checkpoint_lib.Checkpointer(str(tmp_path)).restore(jax.eval_shape(lambda: state))
+  restored = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(jax.eval_shape(lambda: state))
   assert restored is not None and restored[2] == 1 and restored[1] == {"position": 1}
   assert any("unreadable" in r.message for r in caplog.records)
   assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))  # Moved aside, not deleted.
@@ -76,3 +80,88 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
 def test_read_params_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="Train first"):
     checkpoint_lib.read_params(str(tmp_path))
+
+
+def _flip_a_byte_in_the_arrays(step_dir):
+  """Flips one bit in the middle of the largest array file (the data, not the metadata)."""
+  files = [p for p in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(p)]
+  target = max(files, key=os.path.getsize)
+  data = bytearray(open(target, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(target, "wb").write(bytes(data))
+
+
+def test_flipped_bytes_are_caught_by_the_checksums_in_training_and_in_readers(tmp_path, caplog):
+  state, _, _ = _tiny_state()
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3)
+  for step in (1, 2):
+    ckpt.save(step, state.replace(step=jnp.asarray(step)), {"position": step}, {"seed": step})
+  ckpt.close()
+  reader_copy = tmp_path / "reader"
+  shutil.copytree(tmp_path / "checkpoints", reader_copy / "checkpoints")
+  for root in (tmp_path, reader_copy):
+    _flip_a_byte_in_the_arrays(str(root / "checkpoints" / "2"))
+  # Training: the flipped checkpoint would restore silently (a NaN or a wrong value in Adam's
+  # moments); its checksums fail, it is moved aside, and step 1 is used.
+  restored = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(
+      jax.eval_shape(lambda: state))
+  assert restored[2] == 1 and restored[1] == {"position": 1}
+  assert any("checksum mismatch" in r.message for r in caplog.records)
+  assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))
+  # Readers (translate, tune, average) do the same.
+  params, step, config = checkpoint_lib.read_params(str(reader_copy))
+  assert step == 1 and config == {"seed": 1}
+  assert glob.glob(str(reader_copy / "checkpoints" / "corrupt-2-*"))
+  np.testing.assert_array_equal(params["shared_embedding"]["embedding"],
+                                state.params["shared_embedding"]["embedding"])
+
+
+def test_retention_keeps_the_resumed_step_and_steps_a_reader_pinned(tmp_path):
+  state, _, _ = _tiny_state()
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
+  ckpt.save(1, state, {}, {})
+  ckpt.save(2, state, {}, {})
+  ckpt.close()
+  resumed = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
+  assert resumed.restore(jax.eval_shape(lambda: state))[2] == 2
+  # A reader in another process pins step 2 and holds the pin until told to stop.
+  code = ("import sys; from transformer_jax.integrity import Pin; "
+          "pin = Pin(sys.argv[1], 2).__enter__(); print('pinned', flush=True); sys.stdin.read()")
+  reader = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "checkpoints")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  assert reader.stdout.readline().strip() == "pinned"
+  for step in (3, 4):
+    resumed.save(step, state, {}, {})
+  resumed.close()
+  assert checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1).all_steps() == [2, 4]
+  reader.communicate("")  # The reader finishes: its pin goes, and retention may delete step 2.
+  later = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
+  later.save(5, state, {}, {})
+  later.close()
+  assert later.all_steps() == [5]
+  with pytest.raises(ValueError, match="keep at least 1"):
+    checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=0)
+
+
+def test_a_full_disk_fails_the_save_at_once_and_keeps_earlier_checkpoints(tmp_path):
+  disk = tmp_path / "small_disk"
+  disk.mkdir()
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                           capture_output=True)
+  if mounted.returncode:
+    pytest.skip("needs to mount a small tmpfs (root) to fill a disk")
+  try:
+    ckpt = checkpoint_lib.Checkpointer(str(disk), max_to_keep=3)
+    ckpt.save(1, {"params": {"w": jnp.ones(1000)}}, {}, {})
+    noise = np.random.default_rng(0).normal(size=2_000_000).astype(np.float32)  # 8 MB > 2 MB.
+    with pytest.raises(checkpoint_lib.CheckpointSaveError,
+                       match=r"Saving checkpoint .*/2 failed: .*No space left on device.*"
+                             r"MiB free.*Earlier checkpoints are intact \(\[1\]\)"):
+      ckpt.save(2, {"params": {"w": jnp.asarray(noise)}}, {}, {})
+      for _ in range(300):  # The training loop checks after every step.
+        ckpt.check_for_errors()
+        time.sleep(0.05)
+    assert checkpoint_lib.read_params(str(disk))[1] == 1
+  finally:
+    subprocess.run(["umount", str(disk)], check=False)

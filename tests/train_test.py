@@ -9,7 +9,12 @@ import time
 
 import pytest
 
+import jax
+import numpy as np
+
+from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import monitoring, train_lib
+from transformer_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -110,19 +115,63 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   assert path.read_text() == "not a directory"
 
 
-def test_non_finite_loss_stops_without_a_bad_checkpoint(tmp_path):
-  from ml_collections import config_flags  # noqa: F401 (the config module uses ml_collections)
+def _tiny_config(path=TINY, **changes):
   import importlib.util
-  spec = importlib.util.spec_from_file_location("tiny", TINY)
+  spec = importlib.util.spec_from_file_location("config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config()
-  config.num_train_steps = 6
-  config.checkpoint_every_steps = 1
-  config.log_every_steps = 3
-  config.eval_every_steps = 0
-  config.optim.schedule = "constant"
-  config.optim.peak_learning_rate = 1e30  # Parameters overflow after the first update.
-  with pytest.raises(train_lib.NonFiniteLossError, match=r"step 2.*checkpoint, step 1"):
+  config.update_from_flattened_dict(changes)
+  return config
+
+
+def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
+  # The demo with a huge learning rate: at step 9 the loss is still finite but the gradient
+  # norm is NaN, so the updated parameters and Adam's moments are too. Every step (loss and
+  # gradient norm) and the whole state are checked before a save.
+  config = _tiny_config(os.path.join(ROOT, "configs", "default.py"),
+                        **{"num_train_steps": 12, "checkpoint_every_steps": 1,
+                           "log_every_steps": 6, "eval_every_steps": 0,
+                           "optim.peak_learning_rate": 1e6})
+  with pytest.raises(train_lib.NonFiniteLossError, match=r"step \d+.*last good checkpoint, step"):
     train_lib.train_and_evaluate(config, str(tmp_path))
-  assert _steps(str(tmp_path)) == [1]
+  saved = _steps(str(tmp_path))
+  assert saved and saved[-1] < 12
+  params, _, _ = checkpoint_lib.read_params(str(tmp_path))  # What a rerun would resume from.
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+def test_a_second_run_on_a_busy_workdir_exits_2_and_a_killed_runs_lock_is_taken_over(tmp_path):
+  workdir = str(tmp_path)
+  first = _train(workdir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=5",
+                 "--config.eval_every_steps=0")
+  try:
+    deadline = time.time() + 240
+    while not _steps(workdir) and time.time() < deadline:
+      time.sleep(0.5)
+    assert _steps(workdir), "the first run never saved"
+    metrics_before = open(os.path.join(workdir, "metrics.jsonl")).read()
+    code, out = _finish(_train(workdir, "--config.num_train_steps=100000"), timeout=120)
+    assert code == 2 and f"being trained by pid {first.pid}" in out and "Traceback" not in out
+    assert open(os.path.join(workdir, "metrics.jsonl")).read().startswith(metrics_before)
+  finally:
+    first.kill()  # kill -9: no chance to release the lock.
+    first.wait()
+  assert os.path.exists(os.path.join(workdir, "train.lock"))
+  resume_at = _steps(workdir)[-1]
+  code, out = _finish(_train(workdir, f"--config.num_train_steps={resume_at + 2}",
+                             "--config.eval_every_steps=0"))
+  assert code == 0, out[-2000:]
+  assert "Taking over" in out and not os.path.exists(os.path.join(workdir, "train.lock"))
+
+
+def test_resuming_a_workdir_on_another_corpus_is_refused_unless_asked(tmp_path):
+  config = _tiny_config(**{"num_train_steps": 2, "eval_every_steps": 0})
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  other = _tiny_config(**{"num_train_steps": 4, "eval_every_steps": 0,
+                          "data.synthetic_task": "numbers"})
+  with pytest.raises(workdir_lib.CorpusChangedError, match="train_corpus: .* in the workdir"):
+    train_lib.train_and_evaluate(other, str(tmp_path))
+  assert _steps(str(tmp_path)) == [2]
+  final = train_lib.train_and_evaluate(other, str(tmp_path), allow_corpus_change=True)
+  assert final["step"] == 4 and _steps(str(tmp_path))[-1] == 4

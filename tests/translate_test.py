@@ -72,14 +72,26 @@ def test_translate_cli_reads_gzipped_input_and_reference(workdir, tmp_path):
 
 def test_translate_cli_errors(tmp_path, workdir):
   result = _run("translate.py", f"--workdir={tmp_path / 'missing'}")
-  assert result.returncode == 1 and "does not exist" in result.stderr
+  assert result.returncode == 2 and "does not exist" in result.stderr
   result = _run("translate.py", f"--workdir={workdir}", "--input=/no/such/file")
-  assert result.returncode == 1 and "/no/such/file" in result.stderr
+  assert result.returncode == 2 and "/no/such/file" in result.stderr
   result = _run("translate.py", f"--workdir={tmp_path}", stdin="x\n")
-  assert result.returncode == 1 and "tokenizer.model" in result.stderr
+  assert result.returncode == 2 and "tokenizer.model" in result.stderr
   for beam in ("0", "-3"):  # Refused before loading anything, not decoded greedily.
     result = _run("translate.py", f"--workdir={workdir}", f"--beam_size={beam}", stdin="x\n")
     assert result.returncode == 2 and "positive beam size" in result.stderr
+  # Each of these is one line, exit code 2, before anything is decoded.
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("2019-03-04\ncaf\xe9\n".encode("latin-1"))
+  for args, message in [
+      (["--output=/missing/dir/out.txt"], "directory /missing/dir does not exist"),
+      (["--batch_tokens=0"], "--batch_tokens 0"),
+      (["--checkpoint=averaged"], "average_checkpoints.py"),
+      ([f"--input={latin1}"], f"{latin1}, line 2: bytes that are not UTF-8"),
+  ]:
+    result = _run("translate.py", f"--workdir={workdir}", *args, stdin="x\n")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
@@ -130,13 +142,21 @@ def test_tune_decoding_errors(workdir, tmp_path):
   src.write_text("2019-03-04\n1999-12-31\n")
   ref.write_text("only one line\n")
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}")
-  assert result.returncode == 1 and "line-aligned" in result.stderr
+  assert result.returncode == 2 and "line-aligned" in result.stderr
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
                 "--alphas=0.6,high")
-  assert result.returncode == 1 and "--alphas=0.6,high" in result.stderr
+  assert result.returncode == 2 and "--alphas=0.6,high" in result.stderr
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
                 "--checkpoints=average:9")
-  assert result.returncode == 1 and "holds 2" in result.stderr
+  assert result.returncode == 2 and "holds 2" in result.stderr
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
                 "--beam_sizes=0,-2")
-  assert result.returncode == 1 and "beam sizes must be positive" in result.stderr
+  assert result.returncode == 2 and "beam sizes must be positive" in result.stderr
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
+                "--output_json=/missing/dir/table.json")
+  assert result.returncode == 2 and "directory /missing/dir does not exist" in result.stderr
+  empty = tmp_path / "empty.txt"
+  empty.write_text("")
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={empty}",
+                f"--reference={empty}")
+  assert result.returncode == 2 and "no sentence to translate" in result.stderr

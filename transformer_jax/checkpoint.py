@@ -1,8 +1,14 @@
 """Orbax CheckpointManager use: save and restore the train state with the data iterator state.
 
-Layout: `WORKDIR/checkpoints/<step>/{state, data, config}`: the train state (Orbax standard
-format, restored straight into the sharded abstract state), the data iterator's position and the
-full experiment config (JSON).
+Layout: `WORKDIR/checkpoints/<step>/{state, data, config, integrity.json}`: the train state
+(Orbax standard format, restored straight into the sharded abstract state), the data iterator's
+position, the full experiment config (JSON) and the checksums of all of it (`integrity.py`).
+
+Guarantees: restore verifies a checkpoint before reading it and moves one that fails aside
+(`checkpoints/corrupt-<step>-<time>`), falling back to the previous one, in training and in
+every reader alike; retention keeps the last `max_to_keep` (plus every `keep_period`-th), and
+never a step the run resumed from until newer ones exist, nor one a reader has pinned; a save that
+fails raises a `CheckpointSaveError` (path, cause, free space) instead of surfacing later.
 """
 
 from __future__ import annotations
@@ -16,8 +22,15 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from transformer_jax import integrity
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, permissions, ...); earlier ones are intact."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -29,15 +42,36 @@ def _item_handlers():
           "config": ocp.JsonCheckpointHandler()}
 
 
-class Checkpointer:
-  """Saves every `save` asynchronously; keeps the last `max_to_keep` plus every `keep_period`-th."""
+class _KeepProtected:
+  """Orbax preservation policy: the step the run resumed from and every step a reader pinned."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, keep_period: int | None = None,
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.steps: set[int] = set()
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    keep = self.steps | integrity.pinned_steps(self.directory)
+    return [info.step in keep for info in checkpoints]
+
+
+class Checkpointer:
+  """Saves asynchronously, with checksums; restores the newest checkpoint that verifies."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int, keep_period: int | None = None,
                async_save: bool = True):
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, keep_period=keep_period or None,
-        enable_async_checkpointing=async_save, create=True)
+    if max_to_keep < 1:
+      raise ValueError(f"keep_checkpoints={max_to_keep}: keep at least 1 checkpoint.")
     self.directory = checkpoint_dir(workdir)
+    self._protected = _KeepProtected(self.directory)
+    policies = [checkpoint_managers.LatestN(max_to_keep), self._protected]
+    if keep_period:
+      policies.append(checkpoint_managers.EveryNSteps(keep_period))
+    self._pending: int | None = None  # Saved by this run, not yet checksummed.
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)  # What a failed or killed save left behind.
     self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_handlers=_item_handlers())
 
@@ -45,49 +79,112 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state, data_state: dict | None, config: dict) -> bool:
-    """Starts an (async) save of `state` at `step`; returns whether one was started."""
+    """Starts an (async) save of `state` at `step`; returns whether one was started.
+
+    Raises:
+      CheckpointSaveError: this save, or the previous asynchronous one, failed.
+    """
     if step in self.manager.all_steps():
       return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}),
                               config=ocp.args.JsonSave(config))
-    return self.manager.save(step, args=args, force=True)
+    try:
+      self._finish_pending()  # Orbax would wait for the previous save here anyway.
+      self._pending = step
+      started = self.manager.save(step, args=args, force=True)
+    except Exception as e:  # Orbax and tensorstore raise many types for a failed write.
+      raise self._save_error(step, e) from None
+    return started
+
+  def _finish_pending(self) -> None:
+    """Waits for the save in flight, then checksums it: once committed, its files are final.
+
+    (A crash between the commit and this leaves the newest checkpoint without checksums; it is
+    then restored unverified, as checkpoints written before checksums existed are.)
+    """
+    self.manager.wait_until_finished()
+    step, self._pending = self._pending, None
+    step_dir = os.path.join(self.directory, str(step))
+    if step is not None and jax.process_index() == 0 and os.path.isdir(step_dir):
+      integrity.write_checksums(step_dir)
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointSaveError if an asynchronous save has failed; never blocks."""
+    step = self._pending
+    try:
+      self.manager.check_for_errors()
+      if step is not None and not self.manager.is_saving_in_progress():
+        self._finish_pending()  # Done: this waits for nothing, checksums it or raises its error.
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(step, e) from None
+
+  def _save_error(self, step: int | None, error: Exception) -> CheckpointSaveError:
+    try:
+      free = shutil.disk_usage(self.directory).free
+      free = f"{free / 2**30:.2f} GiB free" if free >= 2**30 else f"{free / 2**20:.1f} MiB free"
+    except OSError:
+      free = "free space unknown"
+    kept = [s for s in self.all_steps() if s != step]
+    cause = (str(error).splitlines() or [""])[0]
+    cause = cause if len(cause) <= 240 else "..." + cause[-240:]  # The OS error comes last.
+    return CheckpointSaveError(
+        f"Saving checkpoint {os.path.join(self.directory, str(step))} failed: "
+        f"{type(error).__name__}: {cause} ({free} on {self.directory}). Earlier checkpoints are "
+        f"intact ({kept or 'none'}); free space or fix the cause, then rerun the same command "
+        "to resume.")
 
   def restore(self, abstract_state) -> tuple[Any, dict, int] | None:
-    """The newest readable checkpoint as `(state, data_state, step)`, or None if there is none.
+    """The newest checkpoint that verifies, as `(state, data_state, step)`; None if there is none.
 
-    A checkpoint that fails to read (half-written, corrupted) is moved aside to
-    `checkpoints/corrupt-<step>` with a warning and the previous one is tried. One whose
-    shapes do not fit `abstract_state` raises a ValueError naming the parameter.
+    A checkpoint that fails its checksums or fails to read (half-written, corrupted) is moved
+    aside to `checkpoints/corrupt-<step>-<time>` with a warning and the previous one is tried.
+    One whose shapes do not fit `abstract_state` raises a ValueError naming the parameter.
+    Retention keeps the restored step for the rest of this run.
     """
     for step in reversed(self.all_steps()):
+      problem = integrity.verify(os.path.join(self.directory, str(step)))
+      if problem:
+        self._set_aside(step, problem)
+        continue
       try:
         metadata = self.manager.item_metadata(step)
       except Exception as e:  # Orbax raises many types for unreadable files.
-        self._set_aside(step, e)
+        self._set_aside(step, f"{type(e).__name__}: {e}")
         continue
       check_compatible(metadata, abstract_state, self.directory, step)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
       except Exception as e:  # Orbax raises many types for unreadable files.
-        self._set_aside(step, e)
+        self._set_aside(step, f"{type(e).__name__}: {e}")
         continue
+      self._protected.steps.add(step)
       return restored["state"], dict(restored["data"] or {}), step
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
-    src = os.path.join(self.directory, str(step))
-    dst = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
-    log.warning("Checkpoint %s is unreadable (%s: %s); moving it to %s and trying the previous "
-                "one.", src, type(error).__name__, str(error)[:300], dst)
-    if jax.process_index() == 0:
-      shutil.move(src, dst)
+  def _set_aside(self, step: int, problem: str) -> None:
+    set_aside(self.directory, step, problem)
     self.manager.reload()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the saves in flight (raising CheckpointSaveError if one failed) and closes."""
+    try:
+      self._finish_pending()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_error(self._pending, e) from None
+    finally:
+      self.manager.close()
+
+
+def set_aside(directory: str, step: int, problem: str) -> None:
+  """Moves a corrupt checkpoint to `corrupt-<step>-<time>` (never deletes it), with a warning."""
+  src = os.path.join(directory, str(step))
+  dst = os.path.join(directory, f"corrupt-{step}-{int(time.time())}")
+  log.warning("Checkpoint %s is unreadable (%s); moving it to %s and using the previous one.",
+              src, problem[:300], dst)
+  if jax.process_index() == 0 and os.path.isdir(src):
+    shutil.move(src, dst)
 
 
 def _leaf_shape(x):
@@ -145,51 +242,93 @@ def _open_read_only(directory: str, workdir: str):
   return manager, steps
 
 
-def _restore_params(manager, step: int) -> tuple[dict, dict]:
-  # Restore onto one local device whatever topology saved it (e.g. 8 training devices).
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                        manager.item_metadata(step)["state"])
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | None:
+  """Params and config of `step`, pinned while read; None if it is gone or was set aside."""
+  step_dir = os.path.join(directory, str(step))
+  with integrity.Pin(directory, step):
+    if not os.path.isdir(step_dir):
+      return None  # Deleted by the training run's retention before the pin.
+    problem = integrity.verify(step_dir)
+    if problem is None:
+      try:
+        # Restore onto one local device whatever topology saved it (e.g. 8 training devices).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              manager.item_metadata(step)["state"])
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
+        if not os.path.isdir(step_dir):
+          return None
+        problem = f"{type(e).__name__}: {str(e)[:300]}"
+    if problem is not None:
+      set_aside(directory, step, problem)
+      return None
+  if not isinstance(restored["state"], dict) or "params" not in restored["state"]:
+    raise ValueError(f"Checkpoint {step_dir} holds no model parameters ('params').")
   return jax.tree.map(np.asarray, restored["state"]["params"]), dict(restored["config"] or {})
+
+
+def _readable(workdir: str, subdir: str, step: int | None = None):
+  """Yields `(step, params, config)` of each checkpoint that reads correctly, newest first (or
+  of `step` alone); corrupt ones are moved aside and skipped."""
+  directory = os.path.join(os.path.abspath(workdir), subdir)
+  manager, steps = _open_read_only(directory, workdir)
+  if step is not None and step not in steps:
+    manager.close()
+    raise ValueError(f"Step {step} has no checkpoint in {directory}; available: {steps}.")
+  try:
+    for candidate in [step] if step is not None else reversed(steps):
+      restored = _restore_params(manager, directory, candidate)
+      if restored is not None:
+        yield candidate, restored[0], restored[1]
+  finally:
+    manager.close()
+
+
+def _no_readable(workdir: str, subdir: str) -> FileNotFoundError:
+  return FileNotFoundError(f"No readable checkpoint left in {os.path.join(workdir, subdir)}: "
+                           "corrupt ones were moved to corrupt-<step>-<time>. Train again.")
 
 
 def read_params(workdir: str, step: int | None = None, *,
                 subdir: str = "checkpoints") -> tuple[dict, int, dict]:
   """Only the model parameters of one checkpoint: `(params, step, config_dict)`, numpy arrays.
 
+  Without `step`, the newest checkpoint that verifies (corrupt ones are moved aside).
   `subdir="averaged"` reads the checkpoints written by `save_averaged`.
   """
-  directory = os.path.join(os.path.abspath(workdir), subdir)
-  manager, steps = _open_read_only(directory, workdir)
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise ValueError(f"Step {step} has no checkpoint in {directory}; available: {steps}.")
-  params, config = _restore_params(manager, step)
-  manager.close()
-  return params, step, config
+  if subdir == "averaged" and not os.path.isdir(os.path.join(os.path.abspath(workdir), subdir)):
+    raise FileNotFoundError(f"{workdir} has no averaged checkpoint: write one with `python "
+                            f"average_checkpoints.py --workdir {workdir} --num_last N`, or use "
+                            "--checkpoint average:N.")
+  for found, params, config in _readable(workdir, subdir, step):
+    return params, found, config
+  raise _no_readable(workdir, subdir)
 
 
 def average_params(workdir: str, num_last: int) -> tuple[dict, list[int], dict]:
-  """The mean of the parameters of the last `num_last` checkpoints (the paper averages 5 / 20)."""
-  manager, steps = _open_read_only(checkpoint_dir(workdir), workdir)
+  """The mean of the parameters of the last `num_last` good checkpoints (the paper: 5 / 20)."""
   if num_last < 1:
     raise ValueError(f"Average over at least one checkpoint, got {num_last}.")
+  _, steps = _open_read_only(checkpoint_dir(workdir), workdir)
   if num_last > len(steps):
     raise ValueError(f"Asked to average the last {num_last} checkpoints, but "
                      f"{checkpoint_dir(workdir)} holds {len(steps)}: {steps}. Keep more "
                      "(config.keep_checkpoints) or average fewer.")
-  chosen = steps[-num_last:]
-  total, config = None, {}
-  for step in chosen:
-    params, config = _restore_params(manager, step)
-    params = jax.tree.map(lambda x: x.astype(np.float64), params)
+  total, chosen, config = None, [], {}
+  for step, params, step_config in _readable(workdir, "checkpoints"):
+    params = jax.tree.map(lambda x: x.astype(np.float64), params)  # One at a time in memory.
     total = params if total is None else jax.tree.map(np.add, total, params)
-  manager.close()
-  mean = jax.tree.map(lambda x: (x / len(chosen)).astype(np.float32), total)
-  return mean, chosen, config
+    chosen.append(step)
+    config = config or step_config
+    if len(chosen) == num_last:
+      break
+  if len(chosen) < num_last:
+    raise ValueError(f"Only {len(chosen)} checkpoints of {checkpoint_dir(workdir)} read "
+                     f"correctly ({sorted(chosen)}); average fewer than {num_last}.")
+  mean = jax.tree.map(lambda x: (x / num_last).astype(np.float32), total)
+  return mean, sorted(chosen), config
 
 
 def save_averaged(workdir: str, num_last: int) -> tuple[str, list[int]]:
@@ -206,4 +345,5 @@ def save_averaged(workdir: str, num_last: int) -> tuple[str, list[int]]:
       data=ocp.args.JsonSave({"averaged_steps": chosen}), config=ocp.args.JsonSave(config)))
   manager.wait_until_finished()
   manager.close()
+  integrity.write_checksums(os.path.join(directory, str(step)))
   return os.path.join(directory, str(step)), chosen

@@ -38,8 +38,21 @@ def load_params(workdir: str, checkpoint: str = "latest") -> tuple[Any, dict, st
   raise ValueError(f"--checkpoint {checkpoint!r}: use {CHECKPOINT_CHOICES}.")
 
 
+def check_writable(path: str, flag: str) -> None:
+  """Raises a ValueError now, before any decoding, if `path` cannot be written as a file."""
+  if os.path.isdir(path):
+    raise ValueError(f"{flag} {path} is a directory; give a file path.")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise ValueError(f"{flag} {path}: directory {parent} does not exist; create it first.")
+  if not os.access(parent, os.W_OK):
+    raise ValueError(f"{flag} {path}: directory {parent} is not writable.")
+
+
 def load_tokenizer(workdir: str) -> Tokenizer:
   """The workdir's tokenizer (written by training)."""
+  if os.path.isfile(workdir):
+    raise FileNotFoundError(f"--workdir {workdir} is a file, not a training workdir.")
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
   path = os.path.join(workdir, TOKENIZER_FILE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -20,6 +21,7 @@ from flax.training import train_state
 
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import experiment_config, monitoring, schedules, sharding
+from transformer_jax import workdir as workdir_lib
 from transformer_jax.experiment_config import ExperimentConfig, OptimConfig
 from transformer_jax.model import Transformer
 
@@ -29,7 +31,7 @@ TrainState = train_state.TrainState
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or infinite; no checkpoint was written past the last good one."""
+  """The loss, gradients or state became NaN or infinite; no checkpoint holds them."""
 
 
 # ----------------------------------------------------------------------------- optimizer
@@ -181,13 +183,22 @@ class Run:
       self.data.close()
 
 
-def setup(config: ExperimentConfig, workdir: str) -> Run:
+def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool = False) -> Run:
   """Data, model, optimizer, mesh, state (fresh or restored), compiled steps and metrics writer."""
   from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets, grain).
 
+  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
+                                     keep_period=config.keep_every_steps or None)
+  resuming, corpus_changed = bool(ckpt.all_steps()), []
+
+  def check_corpus(fingerprints):
+    corpus_changed.append(workdir_lib.check_corpus(
+        workdir, fingerprints, resuming=resuming, allow_change=allow_corpus_change,
+        write=jax.process_index() == 0))
+
   data = data_lib.create_datasets(config.data, workdir, seed=config.seed,
                                   process_index=jax.process_index(),
-                                  process_count=jax.process_count())
+                                  process_count=jax.process_count(), check_corpus=check_corpus)
   tok = data.tokenizer
   model = Transformer(config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                           bos_id=tok.bos_id, eos_id=tok.eos_id))
@@ -200,12 +211,10 @@ def setup(config: ExperimentConfig, workdir: str) -> Run:
   state_shardings = sharding.state_shardings(abstract, mesh, fsdp=config.fsdp)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, state_shardings)
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
-                                     keep_period=config.keep_every_steps or None)
   restored = ckpt.restore(abstract)
   if restored is not None:
     state, data_state, start_step = restored
-    if data_state:
+    if data_state and not any(corpus_changed):  # A fine-tune on new data starts its epoch.
       data.train_iter.set_state(data_state)
     log.info("Resumed from %s/%d.", ckpt.directory, start_step)
   else:
@@ -233,24 +242,58 @@ def setup(config: ExperimentConfig, workdir: str) -> Run:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config, workdir: str, *, eval_hook=None) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, eval_hook=None,
+                       allow_corpus_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
   `config` is an `ExperimentConfig` or a ConfigDict / dict of one (validated here). At eval
   steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set;
-  `eval_hook(params, model, data, step) -> dict` adds more metrics.
+  `eval_hook(params, model, data, step) -> dict` adds more metrics. The workdir is locked for
+  the whole run (`workdir.WorkdirLock`); resuming it on another corpus is refused unless
+  `allow_corpus_change`.
+
+  Raises:
+    WorkdirBusyError: another live run holds the workdir.
+    CorpusChangedError: the workdir was trained on another corpus.
+    NonFiniteLossError: the loss, gradients or state became non-finite.
+    CheckpointSaveError: a checkpoint could not be written.
   """
   config = experiment_config.from_config_dict(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  run = setup(config, workdir)
-  try:
-    final = _loop(run, eval_hook)
-  finally:
-    run.close()
+  with _workdir_lock(workdir):
+    run = setup(config, workdir, allow_corpus_change=allow_corpus_change)
+    try:
+      final = _loop(run, eval_hook)
+    finally:
+      run.close()
   if run.is_main:
     monitoring.plot_curves(run.writer.path, os.path.join(workdir, "curves.png"))
   return final
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """Process 0 holds the workdir lock for the block; every process learns whether it got it."""
+  lock = workdir_lib.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  error = None
+  if lock is not None:
+    try:
+      lock.acquire()
+    except workdir_lib.WorkdirBusyError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    busy = multihost_utils.broadcast_one_to_all(np.array(error is not None))
+    if bool(busy) and error is None:
+      error = workdir_lib.WorkdirBusyError(f"{workdir} is locked by another run (see process 0).")
+  if error is not None:
+    raise error
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def _loop(run: Run, eval_hook) -> dict[str, Any]:
@@ -263,6 +306,7 @@ def _loop(run: Run, eval_hook) -> dict[str, Any]:
     for step in range(run.start_step + 1, c.num_train_steps + 1):
       batch = sharding.global_batch(next(run.data.train_iter), run.mesh)
       run.state, metrics = run.train_step(run.state, batch)
+      run.checkpointer.check_for_errors()  # A failed background save stops the run now.
       metrics_log.add(step, metrics)
       progress.add(metrics["train_loss"])
       is_last = step == c.num_train_steps
@@ -284,8 +328,13 @@ def _loop(run: Run, eval_hook) -> dict[str, Any]:
 
 
 def _save(run: Run, step: int, metrics_log: _MetricsLog) -> None:
-  """A checkpoint of `run.state` at `step`, once every step since the last save is finite."""
+  """A checkpoint of `run.state` at `step`, only if every step since the last save and the whole
+  state (parameters, optimizer moments) are finite: a checkpoint is never poisoned."""
   metrics_log.check_finite(step)
+  if not bool(_all_finite(run.state)):
+    raise NonFiniteLossError(
+        f"The parameters or optimizer state hold NaN or infinite values at step {step}; not "
+        f"saving them: {metrics_log.where_last_good()}. {_ADVICE}")
   if run.checkpointer.save(step, run.state, run.data.train_iter.get_state(),
                            run.config.to_dict()):
     metrics_log.last_saved = step
@@ -301,6 +350,18 @@ def _evaluate(run: Run, step: int, eval_hook) -> dict[str, Any]:
   run.writer.write(step, metrics)
   log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
   return {**metrics, "samples": samples}
+
+
+_ADVICE = ("Lower optim.peak_learning_rate (or the schedule scale), set optim.grad_clip_norm, or "
+           "train in float32 (--config.model.dtype=float32).")
+
+
+@jax.jit
+def _all_finite(state: TrainState) -> jax.Array:
+  """Whether every floating-point leaf of the state is finite (one scalar; no host copy)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def evaluate(p_eval_step, params, eval_batches, mesh) -> dict[str, float]:
@@ -367,16 +428,20 @@ class _MetricsLog:
     """The pending metrics, fetched; raises NonFiniteLossError if any loss is NaN or infinite."""
     fetched = jax.device_get(self._pending)
     for metrics in fetched:
-      loss = float(metrics["train_loss"])
-      if not math.isfinite(loss):
-        where = (f"the last good checkpoint, step {self.last_saved}, is untouched in "
-                 f"{self._checkpoint_dir}" if self.last_saved is not None
-                 else "no checkpoint was written")
-        raise NonFiniteLossError(
-            f"Training loss is {loss} at step {int(metrics['step'])} (checked at step {step}); "
-            f"stopping: {where}. Lower optim.peak_learning_rate (or the schedule scale), set "
-            "optim.grad_clip_norm, or train in float32 (--config.model.dtype=float32).")
+      for name in ("train_loss", "grad_norm"):  # A NaN gradient poisons a finite loss's update.
+        value = float(metrics.get(name, 0.0))
+        if not math.isfinite(value):
+          raise NonFiniteLossError(
+              f"Training {name.replace('train_', '').replace('_', ' ')} is {value} at step "
+              f"{int(metrics['step'])} (checked at step {step}); stopping: "
+              f"{self.where_last_good()}. {_ADVICE}")
     return fetched
+
+  def where_last_good(self) -> str:
+    if self.last_saved is None:
+      return "no checkpoint was written"
+    return (f"the last good checkpoint, step {self.last_saved}, is untouched in "
+            f"{self._checkpoint_dir}")
 
   def flush(self, step: int) -> dict[str, float]:
     """Writes one record for the steps since the last flush; returns it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,8 @@ def load_split(config: DataConfig, split: str):
 
 
 def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | os.PathLike, *,
-                    seed: int, process_index: int = 0, process_count: int = 1) -> DataBundle:
+                    seed: int, process_index: int = 0, process_count: int = 1,
+                    check_corpus: Callable[[dict[str, str]], None] | None = None) -> DataBundle:
   """Loads the corpus, trains (or reuses) the tokenizer, and builds the batch pipelines.
 
   Args:
@@ -71,6 +72,9 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
     workdir: Holds tokenizer.model and the token-id cache (data_cache/).
     seed: Shuffling seed.
     process_index, process_count: This process of a multi-process run.
+    check_corpus: Called with the fingerprints of the training corpus and the tokenizer
+      (`{"train_corpus": ..., "tokenizer": ...}`) before anything is tokenized or cached; it may
+      raise to refuse them (training checks that a resumed workdir keeps its corpus).
 
   Raises:
     ConfigError: a bad setting in a mapping `data_config`.
@@ -84,6 +88,9 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
   os.makedirs(workdir, exist_ok=True)
   name, train, eval_ = _load_corpus(c)
   tokenizer = _tokenizer(c, workdir, train)
+  if check_corpus is not None:
+    check_corpus({"train_corpus": train._fingerprint,  # pylint: disable=protected-access
+                  "tokenizer": tokenizer.fingerprint})
   cache_dir = os.path.join(workdir, CACHE_DIR)
   train_tokens = pipeline.tokenize_split(train, tokenizer, cache_dir, name=f"{c.train_split}")
   train_keep = pipeline.filter_pairs(train_tokens, c.max_len, name=f"{name} {c.train_split}")

@@ -1,0 +1,46 @@
+"""Checksums catch changed bytes; reader pins count only while their process lives."""
+
+import os
+import subprocess
+import sys
+
+from transformer_jax import integrity
+
+
+def _step_dir(tmp_path):
+  step = tmp_path / "7"
+  (step / "state").mkdir(parents=True)
+  (step / "state" / "array").write_bytes(bytes(range(256)) * 64)
+  (step / "_CHECKPOINT_METADATA").write_text("{}")
+  return str(step)
+
+
+def test_checksums_catch_a_flipped_byte_a_truncation_and_a_missing_file(tmp_path):
+  step = _step_dir(tmp_path)
+  assert integrity.verify(step) is None  # No checksums yet: an older checkpoint, accepted.
+  integrity.write_checksums(step)
+  assert integrity.has_checksums(step) and integrity.verify(step) is None
+  array = os.path.join(step, "state", "array")
+  data = bytearray(open(array, "rb").read())
+  data[1000] ^= 0x01
+  open(array, "wb").write(bytes(data))
+  assert "state/array has changed" in integrity.verify(step)
+  open(array, "wb").write(bytes(data[:100]))
+  assert "state/array has changed" in integrity.verify(step)
+  os.remove(array)
+  assert "state/array is missing" in integrity.verify(step)
+
+
+def test_a_pin_counts_while_its_process_lives(tmp_path):
+  code = ("import sys; from transformer_jax.integrity import Pin; "
+          "pin = Pin(sys.argv[1], 3).__enter__(); print('pinned', flush=True); sys.stdin.read()")
+  reader = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+  assert reader.stdout.readline().strip() == "pinned"
+  with integrity.Pin(str(tmp_path), 5):
+    assert integrity.pinned_steps(str(tmp_path)) == {3, 5}
+  assert integrity.pinned_steps(str(tmp_path)) == {3}
+  reader.kill()  # Dies without removing its pin: the pin no longer counts, and is cleaned up.
+  reader.wait()
+  assert integrity.pinned_steps(str(tmp_path)) == set()
+  assert os.listdir(tmp_path / integrity.PIN_DIR) == []
