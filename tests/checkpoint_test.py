@@ -144,7 +144,8 @@ def test_retention_keeps_the_resumed_step_and_steps_a_reader_pinned(tmp_path):
     checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=0)
 
 
-def test_a_full_disk_fails_the_save_at_once_and_keeps_earlier_checkpoints(tmp_path):
+def test_a_full_disk_fails_the_save_at_once_and_keeps_earlier_checkpoints(tmp_path,
+                                                                         monkeypatch):
   disk = tmp_path / "small_disk"
   disk.mkdir()
   mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
@@ -155,11 +156,17 @@ def test_a_full_disk_fails_the_save_at_once_and_keeps_earlier_checkpoints(tmp_pa
     ckpt = checkpoint_lib.Checkpointer(str(disk), max_to_keep=3)
     ckpt.save(1, {"params": {"w": jnp.ones(1000)}}, {}, {})
     noise = np.random.default_rng(0).normal(size=2_000_000).astype(np.float32)  # 8 MB > 2 MB.
-    with pytest.raises(checkpoint_lib.CheckpointSaveError,
-                       match=r"Saving checkpoint .*/2 failed: .*No space left on device.*"
-                             r"MiB free.*Earlier checkpoints are intact \(\[1\]\)"):
+    message = (r"Saving checkpoint .*/2 failed: .*No space left on device.*MiB free.*Earlier "
+               r"checkpoints are intact \(\[1\]\)")
+    # Refused before writing: the state's size is known.
+    with pytest.raises(checkpoint_lib.CheckpointSaveError, match=message):
       ckpt.save(2, {"params": {"w": jnp.asarray(noise)}}, {}, {})
-      for _ in range(300):  # The training loop checks after every step.
+    # A failure in the background (here: no size check) surfaces at the next check, which the
+    # training loop makes after every step.
+    monkeypatch.setattr(checkpoint_lib.Checkpointer, "_check_space", lambda *args: None)
+    with pytest.raises(checkpoint_lib.CheckpointSaveError, match=message):
+      ckpt.save(2, {"params": {"w": jnp.asarray(noise)}}, {}, {})
+      for _ in range(300):
         ckpt.check_for_errors()
         time.sleep(0.05)
     assert checkpoint_lib.read_params(str(disk))[1] == 1

@@ -13,6 +13,7 @@ fails raises a `CheckpointSaveError` (path, cause, free space) instead of surfac
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -89,6 +90,7 @@ class Checkpointer:
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}),
                               config=ocp.args.JsonSave(config))
+    self._check_space(step, state)
     try:
       self._finish_pending()  # Orbax would wait for the previous save here anyway.
       self._pending = step
@@ -96,6 +98,19 @@ class Checkpointer:
     except Exception as e:  # Orbax and tensorstore raise many types for a failed write.
       raise self._save_error(step, e) from None
     return started
+
+  def _check_space(self, step: int, state) -> None:
+    """Refuses a save that cannot fit, before writing anything: a disk that fills in the middle
+    of a save makes Orbax's writer threads print a traceback per pending write."""
+    needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state) if hasattr(x, "dtype"))
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      return
+    if free < needed * 1.05 + 2**20:  # Headroom for Orbax's metadata.
+      raise self._save_error(step, OSError(
+          errno.ENOSPC, f"No space left on device: the checkpoint needs about "
+          f"{needed / 2**20:.1f} MiB"))
 
   def _finish_pending(self) -> None:
     """Waits for the save in flight, then checksums it: once committed, its files are final.
