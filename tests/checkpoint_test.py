@@ -38,7 +38,8 @@ def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
   assert ckpt.save(7, state, {"position": 123}, {"seed": 0})
   ckpt.close()
   abstract = jax.eval_shape(lambda: state)
-  restored, data_state, step = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(abstract)
+  restored, data_state, step = checkpoint_lib.Checkpointer(
+      str(tmp_path), max_to_keep=3).restore(abstract)
   assert step == 7 and data_state == {"position": 123} and int(restored.step) == 7
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
@@ -71,7 +72,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
   for path in glob.glob(str(tmp_path / "checkpoints" / "2" / "state" / "**" / "*"), recursive=True):
     if os.path.isfile(path) and not path.endswith(("_METADATA", "_CHECKPOINT_METADATA")):
       open(path, "wb").close()
-  restored = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(jax.eval_shape(lambda: state))
+  restored = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(
+      jax.eval_shape(lambda: state))
   assert restored is not None and restored[2] == 1 and restored[1] == {"position": 1}
   assert any("unreadable" in r.message for r in caplog.records)
   assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))  # Moved aside, not deleted.

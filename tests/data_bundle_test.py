@@ -5,18 +5,11 @@ import logging
 import numpy as np
 import pytest
 
+import data_pipeline_test
 from transformer_jax.data import DataConfig, Tokenizer, create_datasets, synthetic
 
 
-def pairs_fixture():
-  rng = np.random.default_rng(0)
-  words = "the a man woman dog cat runs sits on under blue red big small house tree".split()
-  natural = [(" ".join(rng.choice(words, rng.integers(1, 15))),
-              " ".join(rng.choice(words, rng.integers(1, 15)))) for _ in range(200)]
-  return natural + synthetic.synthetic_pairs("dates", 200, 0)
-
-
-PAIRS = pairs_fixture()
+PAIRS = data_pipeline_test.pairs_fixture()  # The same mixed corpus as the pipeline tests.
 
 
 def write_corpus(directory, pairs, split, src="en", tgt="de"):

@@ -1,6 +1,5 @@
 """train.py end to end: it learns, checkpoints, resumes exactly after SIGTERM, refuses bad input."""
 
-import json
 import os
 import signal
 import subprocess
