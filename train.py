@@ -97,7 +97,8 @@ def main(argv):
   # here as one CheckpointSaveError line.
   logging.getLogger("absl").setLevel(logging.CRITICAL)
   _initialize_distributed()
-  from transformer_jax import checkpoint, train_lib
+  from transformer_jax import checkpoint, jit_cache, train_lib
+  jit_cache.enable()  # A restart loads its compiled steps instead of compiling them again.
   from transformer_jax import workdir as workdir_lib
 
   try:

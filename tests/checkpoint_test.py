@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import schedules
 from transformer_jax import train_lib
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import OptimConfig
@@ -26,7 +27,7 @@ def _optim():
 
 def _tiny_state():
   config = TransformerConfig.tiny(40)
-  tx, _ = train_lib.create_optimizer(_optim(), d_model=32, num_train_steps=10)
+  tx, _ = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
   return jax.jit(functools.partial(train_lib.init_state, model=Transformer(config), tx=tx))(
       jax.random.key(0)), config, tx
 
@@ -55,7 +56,7 @@ def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):
   ckpt.save(1, state, {}, {})
   ckpt.close()
   wider = TransformerConfig.tiny(40, d_ff=128)
-  tx, _ = train_lib.create_optimizer(_optim(), d_model=32, num_train_steps=10)
+  tx, _ = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
   abstract = jax.eval_shape(functools.partial(train_lib.init_state, model=Transformer(wider),
                                               tx=tx), jax.random.key(0))
   with pytest.raises(ValueError, match=r"feed_forward.*wi.*(64|128)"):

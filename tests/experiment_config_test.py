@@ -9,7 +9,7 @@ import os
 import ml_collections
 import pytest
 
-from transformer_jax import experiment_config, train_lib
+from transformer_jax import experiment_config, schedules
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import (ConfigError, DataConfig, ExperimentConfig,
                                                OptimConfig)
@@ -31,7 +31,7 @@ def test_every_config_file_validates_and_builds_its_optimizer(path):
   config = experiment_config.from_config_dict(config_dict)
   model = config.model_config(vocab_size=config.data.vocab_size, pad_id=0, bos_id=1, eos_id=2)
   assert model.d_model % model.num_heads == 0
-  train_lib.create_optimizer(config.optim, d_model=model.d_model,
+  schedules.create_optimizer(config.optim, d_model=model.d_model,
                              num_train_steps=config.num_train_steps)
   # What a checkpoint stores reads back to the same config.
   assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config

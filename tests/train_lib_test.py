@@ -73,7 +73,7 @@ def _batch(batch_size=8, length=6, seed=0):
 def _one_step(devices, optim, steps=1, fsdp=False, **overrides):
   config = TransformerConfig.tiny(40, attention_dropout_rate=0.1, **overrides)
   model = Transformer(config)
-  tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
+  tx, schedule = schedules.create_optimizer(optim, d_model=32, num_train_steps=10)
   mesh = sharding.create_mesh(devices)
   init = functools.partial(train_lib.init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init, jax.random.key(0))
@@ -103,14 +103,6 @@ def test_multi_device_step_equals_single_device_step():
   assert int(eight.step) == 2
 
 
-def test_accumulated_steps_report_their_updates_learning_rate():
-  _, schedule = train_lib.create_optimizer(_optim(grad_accum_steps=2), d_model=32,
-                                           num_train_steps=10)
-  plain = schedules.rsqrt_schedule(peak=1e-2, warmup_steps=2)
-  np.testing.assert_allclose([schedule(s) for s in (1, 2, 3, 4, 5)],
-                             [plain(1), plain(1), plain(2), plain(2), plain(3)])
-
-
 def test_gradient_accumulation_and_clipping_run():
   state, metrics = _one_step(jax.devices()[:1], _optim(grad_accum_steps=2, grad_clip_norm=0.5),
                              steps=2)
@@ -133,53 +125,6 @@ def test_fsdp_shards_large_parameters_and_matches_replicated():
   for a, b in zip(jax.tree.leaves(replicated.params), jax.tree.leaves(sharded.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
-
-
-def test_weight_decay_is_decoupled_and_scaled_by_the_learning_rate():
-  # With a zero gradient Adam's update is 0, so only the decay moves the parameters:
-  # p <- p - lr * weight_decay * p, on every parameter (no mask).
-  params = {"kernel": jnp.full((3,), 2.0), "scale": jnp.full((2,), -1.0)}
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  for decay in (0.0, 0.2):
-    optim = _optim(weight_decay=decay, schedule="constant")
-    tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
-    updates, _ = tx.update(zeros, tx.init(params), params)
-    lr = float(schedule(1))
-    assert lr == pytest.approx(1e-2)
-    for name, p in params.items():
-      np.testing.assert_allclose(updates[name], -lr * decay * p, rtol=1e-6, err_msg=name)
-
-
-def test_weight_decay_mask_matrices_spares_biases_and_layer_norm():
-  # Attention biases are [heads, head_dim]: the mask goes by name, not by rank.
-  params = {"kernel": jnp.full((2, 3), 2.0), "bias": jnp.full((2, 3), 1.0),
-            "layer_norm": {"scale": jnp.full((3,), -1.0)}}
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  optim = _optim(weight_decay=0.5, weight_decay_mask="matrices", schedule="constant")
-  tx, schedule = train_lib.create_optimizer(optim, d_model=32, num_train_steps=10)
-  updates, _ = tx.update(zeros, tx.init(params), params)
-  lr = float(schedule(1))
-  np.testing.assert_allclose(updates["kernel"], -lr * 0.5 * params["kernel"], rtol=1e-6)
-  np.testing.assert_array_equal(updates["bias"], 0.0)
-  np.testing.assert_array_equal(updates["layer_norm"]["scale"], 0.0)
-  model_params = _tiny_params()
-  decayed = train_lib.weight_decay_mask("matrices")(model_params)
-  named = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(decayed)}
-  assert named["['shared_embedding']['embedding']"]
-  for name, is_decayed in named.items():
-    assert is_decayed == name.endswith(("['kernel']", "['embedding']")), name
-  assert sum(named.values()) < len(named)  # Biases and norm parameters exist and are spared.
-  with pytest.raises(ValueError, match="weight_decay_mask='none'.*all"):
-    train_lib.create_optimizer(_optim(weight_decay_mask="none"), d_model=32, num_train_steps=10)
-
-
-
-
-def _tiny_params():
-  config = TransformerConfig.tiny(40)
-  tx, _ = train_lib.create_optimizer(_optim(), d_model=32, num_train_steps=10)
-  return jax.jit(functools.partial(train_lib.init_state, model=Transformer(config), tx=tx))(
-      jax.random.key(0)).params
 
 
 # ----------------------------------------------------------------------------- loop helpers

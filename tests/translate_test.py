@@ -160,3 +160,20 @@ def test_tune_decoding_errors(workdir, tmp_path):
   result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={empty}",
                 f"--reference={empty}")
   assert result.returncode == 2 and "no sentence to translate" in result.stderr
+
+
+def test_a_second_translate_call_reuses_the_compiled_search_from_the_cache(workdir, tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="", XDG_CACHE_HOME=str(tmp_path / "cache"))
+  cache = tmp_path / "cache" / "transformer_jax" / "xla"
+  outputs, entries = [], []
+  for _ in range(2):
+    result = subprocess.run([sys.executable, "translate.py", f"--workdir={workdir}"], cwd=ROOT,
+                            env=env, input="2019-03-04\n1999-12-31\n", capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    outputs.append(result.stdout)
+    entries.append(sorted(os.listdir(cache)))
+  assert entries[0], "the first call stored its compiled programs"
+  assert entries[1] == entries[0]  # The second found them all: nothing new was compiled.
+  assert outputs[1] == outputs[0]

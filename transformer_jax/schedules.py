@@ -1,4 +1,5 @@
-"""Learning-rate schedules: the paper's, linear warmup + rsqrt decay, warmup + cosine.
+"""Learning-rate schedules (the paper's, linear warmup + rsqrt decay, warmup + cosine) and the
+Adam optimizer built from the `optim` config block.
 
 Every schedule is a function of the paper's step number (the first update is step 1);
 `optimizer_schedule` shifts it for optax, whose update counter starts at 0.
@@ -8,11 +9,13 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
+from transformer_jax.experiment_config import SCHEDULES, WEIGHT_DECAY_MASKS, OptimConfig
+
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
-KINDS = ("paper", "rsqrt", "cosine", "constant")
 
 
 def paper_schedule(d_model: int, warmup_steps: int, scale: float = 1.0) -> Schedule:
@@ -49,7 +52,7 @@ def cosine_schedule(peak: float, warmup_steps: int, total_steps: int,
 
 def create_schedule(kind: str, *, d_model: int, warmup_steps: int, peak_learning_rate: float,
                     total_steps: int, scale: float = 1.0, end_fraction: float = 0.0) -> Schedule:
-  """The schedule named by `kind` (one of KINDS), in paper step numbering."""
+  """The schedule named by `kind` (one of experiment_config.SCHEDULES), in paper step numbering."""
   if warmup_steps <= 0 and kind != "constant":
     raise ValueError(f"optim.warmup_steps must be positive for the '{kind}' schedule, "
                      f"got {warmup_steps}.")
@@ -61,9 +64,57 @@ def create_schedule(kind: str, *, d_model: int, warmup_steps: int, peak_learning
     return cosine_schedule(peak_learning_rate, warmup_steps, total_steps, end_fraction)
   if kind == "constant":
     return lambda step: jnp.full((), peak_learning_rate, jnp.float32)
-  raise ValueError(f"optim.schedule={kind!r} is not one of {KINDS}.")
+  raise ValueError(f"optim.schedule={kind!r} is not one of {SCHEDULES}.")
 
 
 def optimizer_schedule(schedule: Schedule) -> Schedule:
   """The same schedule indexed by optax's update count (0 for the first update)."""
   return lambda count: schedule(count + 1)
+
+
+# ----------------------------------------------------------------------------- the optimizer
+
+
+def weight_decay_mask(kind: str):
+  """The `mask` argument of `optax.adamw` for `optim.weight_decay_mask`.
+
+  "all" decays every parameter (mask None: the optimizer state has no mask wrapper, so
+  checkpoints from before this option restore). "matrices" decays only the weight matrices,
+  leaves named `kernel` or `embedding`, sparing biases and LayerNorm scales and offsets (by name,
+  not by rank: the attention projections' biases are [heads, head_dim]).
+  """
+  if kind == "all":
+    return None
+  if kind == "matrices":
+    def is_matrix(path, _):
+      last = path[-1]
+      return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
+    return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
+  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of "
+                   f"{WEIGHT_DECAY_MASKS}.")
+
+
+def create_optimizer(o: OptimConfig, *, d_model: int, num_train_steps: int):
+  """Adam(beta1, beta2, eps) under the configured schedule, optional clipping and accumulation.
+
+  Returns `(tx, schedule)`; `schedule(step)` is the rate used at step `step` (the first is 1;
+  with `grad_accum_steps=k`, k steps make one update).
+  """
+  schedule = create_schedule(
+      o.schedule, d_model=d_model, warmup_steps=o.warmup_steps,
+      peak_learning_rate=o.peak_learning_rate, total_steps=num_train_steps,
+      scale=o.schedule_scale, end_fraction=o.end_learning_rate_fraction)
+  chain = []
+  if o.grad_clip_norm > 0:
+    chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
+  chain.append(optax.adamw(optimizer_schedule(schedule), b1=o.b1, b2=o.b2, eps=o.eps,
+                           weight_decay=o.weight_decay,
+                           mask=weight_decay_mask(o.weight_decay_mask)))
+  tx = optax.chain(*chain)
+  k = o.grad_accum_steps
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k)
+    # Steps count batches; the k batches ending in update u all report update u's rate.
+    per_update = schedule
+    schedule = lambda step: per_update((jnp.asarray(step) - 1) // k + 1)
+  return tx, schedule

@@ -22,7 +22,7 @@ from flax.training import train_state
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import experiment_config, monitoring, schedules, sharding
 from transformer_jax import workdir as workdir_lib
-from transformer_jax.experiment_config import ExperimentConfig, OptimConfig
+from transformer_jax.experiment_config import ExperimentConfig
 from transformer_jax.model import Transformer
 
 log = logging.getLogger(__name__)
@@ -32,54 +32,6 @@ TrainState = train_state.TrainState
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradients or state became NaN or infinite; no checkpoint holds them."""
-
-
-# ----------------------------------------------------------------------------- optimizer
-
-
-def weight_decay_mask(kind: str):
-  """The `mask` argument of `optax.adamw` for `optim.weight_decay_mask`.
-
-  "all" decays every parameter (mask None: the optimizer state has no mask wrapper, so
-  checkpoints from before this option restore). "matrices" decays only the weight matrices,
-  leaves named `kernel` or `embedding`, sparing biases and LayerNorm scales and offsets (by name,
-  not by rank: the attention projections' biases are [heads, head_dim]).
-  """
-  if kind == "all":
-    return None
-  if kind == "matrices":
-    def is_matrix(path, _):
-      last = path[-1]
-      return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
-    return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
-  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of "
-                   f"{experiment_config.WEIGHT_DECAY_MASKS}.")
-
-
-def create_optimizer(o: OptimConfig, *, d_model: int, num_train_steps: int):
-  """Adam(beta1, beta2, eps) under the configured schedule, optional clipping and accumulation.
-
-  Returns `(tx, schedule)`; `schedule(step)` is the rate used at step `step` (the first is 1;
-  with `grad_accum_steps=k`, k steps make one update).
-  """
-  schedule = schedules.create_schedule(
-      o.schedule, d_model=d_model, warmup_steps=o.warmup_steps,
-      peak_learning_rate=o.peak_learning_rate, total_steps=num_train_steps,
-      scale=o.schedule_scale, end_fraction=o.end_learning_rate_fraction)
-  chain = []
-  if o.grad_clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(o.grad_clip_norm))
-  chain.append(optax.adamw(schedules.optimizer_schedule(schedule), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.weight_decay,
-                           mask=weight_decay_mask(o.weight_decay_mask)))
-  tx = optax.chain(*chain)
-  k = o.grad_accum_steps
-  if k > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=k)
-    # Steps count batches; the k batches ending in update u all report update u's rate.
-    per_update = schedule
-    schedule = lambda step: per_update((jnp.asarray(step) - 1) // k + 1)
-  return tx, schedule
 
 
 # ----------------------------------------------------------------------------- loss and steps
@@ -202,7 +154,7 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
   tok = data.tokenizer
   model = Transformer(config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
                                           bos_id=tok.bos_id, eos_id=tok.eos_id))
-  tx, schedule = create_optimizer(config.optim, d_model=model.config.d_model,
+  tx, schedule = schedules.create_optimizer(config.optim, d_model=model.config.d_model,
                                   num_train_steps=config.num_train_steps)
   mesh = sharding.create_mesh()
   init_rng, dropout_key = jax.random.split(jax.random.key(config.seed))
