@@ -39,6 +39,22 @@ def _numbers(name, values, kind):
                      f"{kind.__name__} values.") from None
 
 
+def _settings(check_writable) -> tuple[list[int], list[float], str]:
+  """(beam sizes, alphas, output path) from the flags; a ValueError for any bad one."""
+  beam_sizes = _numbers("beam_sizes", FLAGS.beam_sizes, int)
+  alphas = _numbers("alphas", FLAGS.alphas, float)
+  if not FLAGS.checkpoints or not beam_sizes or not alphas:
+    raise ValueError("--checkpoints, --beam_sizes and --alphas each need at least one value.")
+  if min(beam_sizes) < 1:
+    raise ValueError(f"--beam_sizes={','.join(FLAGS.beam_sizes)}: beam sizes must be positive "
+                     "(1 = greedy).")
+  if FLAGS.batch_tokens < 1:
+    raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
+  output_json = FLAGS.output_json or os.path.join(FLAGS.workdir, "decode_tuning.json")
+  check_writable(output_json, "--output_json")  # Now, not after every setting has decoded.
+  return beam_sizes, alphas, output_json
+
+
 def main(argv):
   del argv
   import logging
@@ -49,18 +65,7 @@ def main(argv):
   from transformer_jax.data.corpus import read_lines
 
   try:
-    beam_sizes = _numbers("beam_sizes", FLAGS.beam_sizes, int)
-    alphas = _numbers("alphas", FLAGS.alphas, float)
-    if not FLAGS.checkpoints or not beam_sizes or not alphas:
-      raise ValueError("--checkpoints, --beam_sizes and --alphas each need at least one value.")
-    if min(beam_sizes) < 1:
-      raise ValueError(f"--beam_sizes={','.join(FLAGS.beam_sizes)}: beam sizes must be positive "
-                       "(1 = greedy).")
-    if FLAGS.batch_tokens < 1:
-      raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
-    output_json = FLAGS.output_json or os.path.join(FLAGS.workdir, "decode_tuning.json")
-    if os.path.isdir(FLAGS.workdir) or FLAGS.output_json:
-      inference.check_writable(output_json, "--output_json")
+    beam_sizes, alphas, output_json = _settings(inference.check_writable)
     sources = read_lines(FLAGS.input)
     references = read_lines(FLAGS.reference)
     if not any(line.strip() for line in sources):
@@ -103,11 +108,10 @@ def main(argv):
   print(f"best: --checkpoint {best['checkpoint']} --beam_size {best['beam_size']} "
         f"--alpha {best['alpha']} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
         f"{best['signature']})")
-  path = output_json
-  with open(path, "w") as f:
+  with open(output_json, "w") as f:
     json.dump({"input": FLAGS.input, "reference": FLAGS.reference, "rows": rows, "best": best},
               f, indent=1)
-  print(f"Written to {path}.")
+  print(f"Written to {output_json}.")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import glob
 import os
 import shutil
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import integrity_test
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import schedules
 from transformer_jax import train_lib
@@ -129,11 +129,7 @@ def test_retention_keeps_the_resumed_step_and_steps_a_reader_pinned(tmp_path):
   resumed = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=1)
   assert resumed.restore(jax.eval_shape(lambda: state))[2] == 2
   # A reader in another process pins step 2 and holds the pin until told to stop.
-  code = ("import sys; from transformer_jax.integrity import Pin; "
-          "pin = Pin(sys.argv[1], 2).__enter__(); print('pinned', flush=True); sys.stdin.read()")
-  reader = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "checkpoints")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-  assert reader.stdout.readline().strip() == "pinned"
+  reader = integrity_test.start_pinning_reader(tmp_path / "checkpoints", 2)
   for step in (3, 4):
     resumed.save(step, state, {}, {})
   resumed.close()

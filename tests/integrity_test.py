@@ -31,12 +31,19 @@ def test_checksums_catch_a_flipped_byte_a_truncation_and_a_missing_file(tmp_path
   assert "state/array is missing" in integrity.verify(step)
 
 
-def test_a_pin_counts_while_its_process_lives(tmp_path):
+def start_pinning_reader(directory, step: int) -> subprocess.Popen:
+  """A reader in another process that pins `step` until its stdin closes."""
   code = ("import sys; from transformer_jax.integrity import Pin; "
-          "pin = Pin(sys.argv[1], 3).__enter__(); print('pinned', flush=True); sys.stdin.read()")
-  reader = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+          "pin = Pin(sys.argv[1], int(sys.argv[2])).__enter__(); print('pinned', flush=True); "
+          "sys.stdin.read()")
+  reader = subprocess.Popen([sys.executable, "-c", code, str(directory), str(step)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   assert reader.stdout.readline().strip() == "pinned"
+  return reader
+
+
+def test_a_pin_counts_while_its_process_lives(tmp_path):
+  reader = start_pinning_reader(tmp_path, 3)
   with integrity.Pin(str(tmp_path), 5):
     assert integrity.pinned_steps(str(tmp_path)) == {3, 5}
   assert integrity.pinned_steps(str(tmp_path)) == {3}

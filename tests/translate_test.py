@@ -141,25 +141,20 @@ def test_tune_decoding_errors(workdir, tmp_path):
   src, ref = tmp_path / "dev.src", tmp_path / "dev.ref"
   src.write_text("2019-03-04\n1999-12-31\n")
   ref.write_text("only one line\n")
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}")
-  assert result.returncode == 2 and "line-aligned" in result.stderr
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
-                "--alphas=0.6,high")
-  assert result.returncode == 2 and "--alphas=0.6,high" in result.stderr
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
-                "--checkpoints=average:9")
-  assert result.returncode == 2 and "holds 2" in result.stderr
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
-                "--beam_sizes=0,-2")
-  assert result.returncode == 2 and "beam sizes must be positive" in result.stderr
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={src}",
-                "--output_json=/missing/dir/table.json")
-  assert result.returncode == 2 and "directory /missing/dir does not exist" in result.stderr
   empty = tmp_path / "empty.txt"
   empty.write_text("")
-  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={empty}",
-                f"--reference={empty}")
-  assert result.returncode == 2 and "no sentence to translate" in result.stderr
+  for inputs, args, message in [
+      ((src, ref), [], "line-aligned"),
+      ((src, src), ["--alphas=0.6,high"], "--alphas=0.6,high"),
+      ((src, src), ["--checkpoints=average:9"], "holds 2"),
+      ((src, src), ["--beam_sizes=0,-2"], "beam sizes must be positive"),
+      ((src, src), ["--output_json=/missing/dir/table.json"],
+       "directory /missing/dir does not exist"),
+      ((empty, empty), [], "no sentence to translate"),
+  ]:
+    result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={inputs[0]}",
+                  f"--reference={inputs[1]}", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
 def test_a_second_translate_call_reuses_the_compiled_search_from_the_cache(workdir, tmp_path):

@@ -246,6 +246,10 @@ def check_compatible(metadata, abstract_state, directory: str, step: int) -> Non
 
 
 def _open_read_only(directory: str, workdir: str):
+  if not os.path.isdir(directory) and os.path.basename(directory) == "averaged":
+    raise FileNotFoundError(f"{workdir} has no averaged checkpoint: write one with `python "
+                            f"average_checkpoints.py --workdir {workdir} --num_last N`, or use "
+                            "--checkpoint average:N.")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir}: {directory} does not exist. Train "
                             "first with `python train.py --workdir ...`.")
@@ -313,10 +317,6 @@ def read_params(workdir: str, step: int | None = None, *,
   Without `step`, the newest checkpoint that verifies (corrupt ones are moved aside).
   `subdir="averaged"` reads the checkpoints written by `save_averaged`.
   """
-  if subdir == "averaged" and not os.path.isdir(os.path.join(os.path.abspath(workdir), subdir)):
-    raise FileNotFoundError(f"{workdir} has no averaged checkpoint: write one with `python "
-                            f"average_checkpoints.py --workdir {workdir} --num_last N`, or use "
-                            "--checkpoint average:N.")
   for found, params, config in _readable(workdir, subdir, step):
     return params, found, config
   raise _no_readable(workdir, subdir)

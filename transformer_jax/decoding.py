@@ -234,7 +234,7 @@ def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
 def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig, beam_size: int,
           max_len: int):
   model = Transformer(config)
-  batch, beams, vocab = src_BxS.shape[0], beam_size, config.vocab_size
+  batch, beams = src_BxS.shape[0], beam_size
   eos = config.eos_id
   # The encoder runs, and the encoder-decoder keys/values are projected, once per source row.
   encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
@@ -267,29 +267,12 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
     log_sum_BxNx1 = jnp.log(jnp.sum(jnp.exp(logits_BxNxV - max_BxNx1), axis=-1, keepdims=True))
     logprob = lambda logits_BxNx_: (logits_BxNx_ - max_BxNx1) - log_sum_BxNx1
 
-    # Finished candidates: every alive hypothesis extended by EOS, merged with the finished.
     eos_logprob_BxN = logprob(logits_BxNxV[..., eos:eos + 1])[..., 0]
     eos_logprob_BxN = jnp.where(step < min_len, _NEG_INF, eos_logprob_BxN)
-    new_scores_BxN = (state.alive_logprobs_BxN + eos_logprob_BxN) / penalty(step + 1)
-    new_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, step, jnp.full_like(new_scores_BxN, eos,
-                                                                           jnp.int32))
-    scores_Bx2N = jnp.concatenate([state.finished_scores_BxN, new_scores_BxN], axis=1)
-    seqs_Bx2NxT = jnp.concatenate([state.finished_seqs_BxNxT, new_seqs_BxNxT], axis=1)
-    finished_scores_BxN, best_BxN = jax.lax.top_k(scores_Bx2N, beams)  # Ties keep the older.
-    finished_seqs_BxNxT = _gather_beams(seqs_Bx2NxT, best_BxN)
-
-    # Alive candidates: every alive hypothesis extended by any token but EOS. Log-probabilities
-    # rank like logits within a hypothesis, so its best N + 1 logits (EOS dropped) hold all of
-    # its candidates that can make the top N: two small top-k's instead of one over N * V.
-    top_logits_BxNxM, top_tokens_BxNxM = jax.lax.top_k(logits_BxNxV, min(beams + 1, vocab))
-    top_logprobs_BxNxM = jnp.where(top_tokens_BxNxM == eos, _NEG_INF, logprob(top_logits_BxNxM))
-    candidates_BxNxM = state.alive_logprobs_BxN[..., None] + top_logprobs_BxNxM
-    alive_logprobs_BxN, flat_BxN = jax.lax.top_k(candidates_BxNxM.reshape(batch, -1), beams)
-    origin_BxN = flat_BxN // top_tokens_BxNxM.shape[-1]
-    token_BxN = jnp.take_along_axis(top_tokens_BxNxM.reshape(batch, -1), flat_BxN, axis=1)
-    alive_seqs_BxNxT = _set_step(_gather_beams(state.alive_seqs_BxNxT, origin_BxN), step,
-                                 token_BxN)
-    history_BxNxT = _gather_beams(history_BxNxT, origin_BxN)  # Instead of moving the cache.
+    finished_scores_BxN, finished_seqs_BxNxT = _finish_with_eos(
+        state, eos_logprob_BxN, penalty(step + 1), eos)
+    alive_logprobs_BxN, alive_seqs_BxNxT, history_BxNxT = _extend_alive(
+        state, logits_BxNxV, logprob, history_BxNxT, eos)
 
     # Rows already done keep their hypotheses, so a row ends as it would alone.
     keep = lambda old, new: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
@@ -302,26 +285,71 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
         history_BxNxT=history_BxNxT,
         cache=cache)
 
-  empty_BxNxT = jnp.full((batch, beams, max_len), config.pad_id, jnp.int32)
+  cache = init_cache(model, params, encoded_BxSxD, src_BxS, max_len, beam_size=beams)
+  state = jax.lax.while_loop(cond, body, _initial_state(batch, beams, max_len, config.pad_id,
+                                                        cache))
+  seqs_BxNxT, scores_BxN = _best_hypotheses(state, penalty(limit_B), config.pad_id)
+  return seqs_BxNxT, scores_BxN, state.step
+
+
+def _initial_state(batch: int, beams: int, max_len: int, pad_id: int, cache) -> _BeamState:
+  """One live hypothesis per row (BOS, log-probability 0), nothing finished yet."""
+  empty_BxNxT = jnp.full((batch, beams, max_len), pad_id, jnp.int32)
   no_scores_BxN = jnp.full((batch, beams), _NEG_INF, jnp.float32)
-  state = _BeamState(
+  return _BeamState(
       step=jnp.array(0, jnp.int32),
       alive_seqs_BxNxT=empty_BxNxT,
-      alive_logprobs_BxN=no_scores_BxN.at[:, 0].set(0.0),  # One live hypothesis: BOS.
+      alive_logprobs_BxN=no_scores_BxN.at[:, 0].set(0.0),
       finished_seqs_BxNxT=empty_BxNxT,
       finished_scores_BxN=no_scores_BxN,
       history_BxNxT=jnp.zeros((batch, beams, max_len), jnp.int32),
-      cache=init_cache(model, params, encoded_BxSxD, src_BxS, max_len, beam_size=beams))
-  state = jax.lax.while_loop(cond, body, state)
+      cache=cache)
 
-  # Finished hypotheses whenever a row has one; otherwise its alive ones, of length limit.
+
+def _best_hypotheses(state: _BeamState, limit_penalty_B: Array, pad_id: int):
+  """Finished hypotheses whenever a row has one; otherwise its alive ones, scored at the limit."""
   has_finished_B = state.finished_scores_BxN[:, 0] > _NEG_INF
-  alive_scores_BxN = state.alive_logprobs_BxN / penalty(limit_B)[:, None]
+  alive_scores_BxN = state.alive_logprobs_BxN / limit_penalty_B[:, None]
   scores_BxN = jnp.where(has_finished_B[:, None], state.finished_scores_BxN, alive_scores_BxN)
   seqs_BxNxT = jnp.where(has_finished_B[:, None, None], state.finished_seqs_BxNxT,
                          state.alive_seqs_BxNxT)
-  seqs_BxNxT = jnp.where((scores_BxN > _NEG_INF)[..., None], seqs_BxNxT, config.pad_id)
-  return seqs_BxNxT, scores_BxN, state.step
+  seqs_BxNxT = jnp.where((scores_BxN > _NEG_INF)[..., None], seqs_BxNxT, pad_id)
+  return seqs_BxNxT, scores_BxN
+
+
+def _finish_with_eos(state: _BeamState, eos_logprob_BxN: Array, penalty: Array, eos: int):
+  """Finished candidates: every alive hypothesis extended by EOS (scored with the length
+  penalty), merged with the finished ones; the best N (scores `[B, N]`, seqs `[B, N, T]`)."""
+  beams = state.alive_logprobs_BxN.shape[1]
+  new_scores_BxN = (state.alive_logprobs_BxN + eos_logprob_BxN) / penalty
+  new_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, state.step,
+                             jnp.full_like(new_scores_BxN, eos, jnp.int32))
+  scores_Bx2N = jnp.concatenate([state.finished_scores_BxN, new_scores_BxN], axis=1)
+  seqs_Bx2NxT = jnp.concatenate([state.finished_seqs_BxNxT, new_seqs_BxNxT], axis=1)
+  finished_scores_BxN, best_BxN = jax.lax.top_k(scores_Bx2N, beams)  # Ties keep the older.
+  return finished_scores_BxN, _gather_beams(seqs_Bx2NxT, best_BxN)
+
+
+def _extend_alive(state: _BeamState, logits_BxNxV: Array, logprob, history_BxNxT: Array,
+                  eos: int):
+  """Alive candidates: every alive hypothesis extended by any token but EOS; the best N as
+  (log-probabilities `[B, N]`, seqs `[B, N, T]`, slot history `[B, N, T]`).
+
+  Log-probabilities rank like logits within a hypothesis, so its best N + 1 logits (EOS
+  dropped) hold all of its candidates that can make the top N: two small top-k's instead of one
+  over N * V.
+  """
+  batch, beams, vocab = logits_BxNxV.shape
+  top_logits_BxNxM, top_tokens_BxNxM = jax.lax.top_k(logits_BxNxV, min(beams + 1, vocab))
+  top_logprobs_BxNxM = jnp.where(top_tokens_BxNxM == eos, _NEG_INF, logprob(top_logits_BxNxM))
+  candidates_BxNxM = state.alive_logprobs_BxN[..., None] + top_logprobs_BxNxM
+  alive_logprobs_BxN, flat_BxN = jax.lax.top_k(candidates_BxNxM.reshape(batch, -1), beams)
+  origin_BxN = flat_BxN // top_tokens_BxNxM.shape[-1]
+  token_BxN = jnp.take_along_axis(top_tokens_BxNxM.reshape(batch, -1), flat_BxN, axis=1)
+  alive_seqs_BxNxT = _set_step(_gather_beams(state.alive_seqs_BxNxT, origin_BxN), state.step,
+                               token_BxN)
+  # The small slot table follows the hypotheses instead of the cache.
+  return alive_logprobs_BxN, alive_seqs_BxNxT, _gather_beams(history_BxNxT, origin_BxN)
 
 
 def _set_step(seqs_BxNxT: Array, step: Array, tokens_BxN: Array) -> Array:

@@ -175,17 +175,24 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
       src = np.full((batch.size, batch.length), config.pad_id, np.int32)
       for row, j in enumerate(members + members[:1] * (batch.size - len(members))):
         src[row, :len(ids[j])] = ids[j]  # Filler rows copy the first, so they end with it.
-      if beam_size == 1:
-        tokens = decoding.greedy_search(model, params, src, max_len=max_len, min_len=min_len)
-      else:
-        tokens = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,
-                                      max_len=max_len, min_len=min_len)[0][:, 0]
-      best = decoding.ids_until_eos(np.asarray(tokens), eos_id=config.eos_id,
-                                    pad_id=config.pad_id)
+      best = _best_ids(model, params, src, beam_size=beam_size, alpha=alpha, max_len=max_len,
+                       min_len=min_len)
       for row, j in enumerate(members):
         outputs[todo[j]] = tokenizer.decode(best[row])
       bar.update(len(members))
   return outputs
+
+
+def _best_ids(model: Transformer, params: Any, src: np.ndarray, *, beam_size: int, alpha: float,
+              max_len: int | None, min_len: int) -> list[list[int]]:
+  """The best translation of each row as ids before EOS (greedy search when beam_size is 1)."""
+  if beam_size == 1:
+    tokens = decoding.greedy_search(model, params, src, max_len=max_len, min_len=min_len)
+  else:
+    tokens = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,
+                                  max_len=max_len, min_len=min_len)[0][:, 0]
+  return decoding.ids_until_eos(np.asarray(tokens), eos_id=model.config.eos_id,
+                                pad_id=model.config.pad_id)
 
 
 def translate_and_score(model: Transformer, params: Any, tokenizer: TokenizerLike,

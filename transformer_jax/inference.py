@@ -12,11 +12,11 @@ import os
 from typing import Any
 
 from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax.data.bundle import TOKENIZER_FILE
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.experiment_config import ConfigError, ExperimentConfig
 from transformer_jax.model import Transformer
 
-TOKENIZER_FILE = "tokenizer.model"
 CHECKPOINT_CHOICES = "latest, a step number, average:N or averaged"
 
 

@@ -145,6 +145,7 @@ def check_corpus(workdir: str, fingerprints: dict[str, str], *, resuming: bool,
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
+  changed = {}
   if resuming and recorded is not None:
     changed = {k: (recorded.get(k), v) for k, v in fingerprints.items()
                if recorded.get(k) != v}
@@ -156,8 +157,6 @@ def check_corpus(workdir: str, fingerprints: dict[str, str], *, resuming: bool,
           "fine-tune the saved weights on the new data (with the workdir's tokenizer).")
     if changed:
       log.warning("Corpus changed (%s); fine-tuning the saved weights on it, as asked.", changed)
-  else:
-    changed = {}
   if write:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
