@@ -17,7 +17,11 @@ flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin; 
                     "compressed).")
 flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdout).")
 flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
-flags.DEFINE_float("alpha", 0.6, "Length penalty exponent ((5 + len) / 6)^alpha.")
+flags.DEFINE_float("alpha", 0.6, "Length penalty exponent: ((5 + len) / 6)^alpha, or len^alpha "
+                   "with --beam_convention huggingface.")
+flags.DEFINE_enum("beam_convention", "gnmt", ["gnmt", "huggingface"], "Beam search rules: the "
+                  "paper's (GNMT length penalty), or transformers' generate() (to reproduce "
+                  "Hugging Face's output, e.g. of an imported OPUS-MT model, with --alpha 1.0).")
 flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
 flags.DEFINE_string("reference", None, "Reference translations: print BLEU and chrF.")
 flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for already tokenized "
@@ -61,7 +65,7 @@ def main(argv):
   # Each sentence may grow to its own source length + 50 tokens, as in the paper.
   hypotheses = evaluation.translate(
       model, params, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-      batch_tokens=FLAGS.batch_tokens, progress=True)
+      batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention, progress=True)
   text = "".join(h + "\n" for h in hypotheses)
   if FLAGS.output == "-":
     sys.stdout.write(text)
@@ -78,7 +82,7 @@ def main(argv):
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is not None:
       src_ids = tokenizer.encode(lines[first]) + [tokenizer.eos_id]
-      tgt_ids = tokenizer.encode(hypotheses[first]) + [tokenizer.eos_id]
+      tgt_ids = tokenizer.encode(hypotheses[first], target=True) + [tokenizer.eos_id]
       pieces = lambda ids: [tokenizer.id_to_piece(i) for i in ids]
       plotting.plot_cross_attention(
           model, params, src_ids, tgt_ids, FLAGS.attention_plot, src_labels=pieces(src_ids),

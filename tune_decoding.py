@@ -23,6 +23,8 @@ flags.DEFINE_list("checkpoints", ["average:5"], "Checkpoints to compare: latest,
                   "average:N or averaged.")
 flags.DEFINE_list("beam_sizes", ["5"], "Beam sizes to compare (1 = greedy).")
 flags.DEFINE_list("alphas", ["0.6", "0.8", "1.0", "1.2", "1.4"], "Length penalties to compare.")
+flags.DEFINE_enum("beam_convention", "gnmt", ["gnmt", "huggingface"], "Beam search rules: the "
+                  "paper's (GNMT length penalty) or transformers' generate() (len^alpha).")
 flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for tokenized text.")
 flags.DEFINE_bool("lowercase", False, "Case-insensitive BLEU/chrF.")
 flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
@@ -96,7 +98,7 @@ def main(argv):
         _, scores = evaluation.translate_and_score(
             model, params, tokenizer, sources, references, tokenize=FLAGS.bleu_tokenize,
             lowercase=FLAGS.lowercase, beam_size=beam_size, alpha=alpha,
-            batch_tokens=FLAGS.batch_tokens)
+            batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention)
         row = {"checkpoint": checkpoint, "checkpoint_steps": what, "beam_size": beam_size,
                "alpha": alpha, "bleu": scores["bleu"].score, "chrf": scores["chrf"].score,
                "seconds": round(time.perf_counter() - start, 1),
@@ -105,11 +107,14 @@ def main(argv):
         print(f"{checkpoint:<16}{beam_size:>5}{alpha:>7.2f}{row['bleu']:>8.2f}"
               f"{row['chrf']:>8.2f}{row['seconds']:>9.1f}", flush=True)
   best = max(rows, key=lambda r: r["bleu"])
+  convention = ("" if FLAGS.beam_convention == "gnmt"
+                else f" --beam_convention {FLAGS.beam_convention}")
   print(f"best: --checkpoint {best['checkpoint']} --beam_size {best['beam_size']} "
-        f"--alpha {best['alpha']} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
+        f"--alpha {best['alpha']}{convention} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
         f"{best['signature']})")
   with open(output_json, "w") as f:
-    json.dump({"input": FLAGS.input, "reference": FLAGS.reference, "rows": rows, "best": best},
+    json.dump({"input": FLAGS.input, "reference": FLAGS.reference,
+               "beam_convention": FLAGS.beam_convention, "rows": rows, "best": best},
               f, indent=1)
   print(f"Written to {output_json}.")
 

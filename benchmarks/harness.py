@@ -6,13 +6,17 @@ asks the workers in turn for a block of timed calls (A B A B ...), so that noise
 the machine falls on all sides alike; medians are reported.
 
 A factory returns a `Runner`: `info` (a dict sent back once, e.g. parameter count, compile time)
-and `step()` (one timed call, blocking until its results are ready).
+and `step()` (one timed call, blocking until its results are ready). A side may get its own
+environment variables (`Side(..., env=host_devices_env(2))`: two XLA CPU devices), set in the
+worker before its factory runs, so before it initializes jax. A side whose setup or step fails
+records its error and drops out (`Side.error`); the others go on.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import multiprocessing as mp
 import os
 import resource
@@ -24,11 +28,25 @@ from typing import Any, Callable
 _FAKE_DEVICES = "--xla_force_host_platform_device_count"
 
 
+def _flags_without_devices() -> list[str]:
+  return [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_FAKE_DEVICES)]
+
+
 def one_device_env() -> None:
   """Removes the fake multi-device XLA flag from this process's environment (before spawning)."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_FAKE_DEVICES)]
-  os.environ["XLA_FLAGS"] = " ".join(flags)
+  os.environ["XLA_FLAGS"] = " ".join(_flags_without_devices())
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def host_devices_env(n: int) -> dict[str, str]:
+  """The environment of a side that runs the CPU as `n` XLA devices (as train.py's recipe)."""
+  return {"XLA_FLAGS": " ".join(_flags_without_devices() + [f"{_FAKE_DEVICES}={n}"]),
+          "JAX_PLATFORMS": "cpu"}
+
+
+def apply_env(env: dict[str, str] | None) -> None:
+  """Sets `env` in this process's environment (a worker's, before anything imports jax)."""
+  os.environ.update(env or {})
 
 
 def peak_rss_mib() -> float:
@@ -43,12 +61,20 @@ class Runner:
   step: Callable[[], None]
 
 
-def _serve(conn, factory, kwargs):
+def _error(e: Exception) -> str:
+  """One line: the exception's type, its message's first and last lines, at most 400 chars."""
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+  text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+  return f"{type(e).__name__}: {text}"[:400]
+
+
+def _serve(conn, factory, kwargs, env):
+  apply_env(env)
   rss_before = peak_rss_mib()
   try:
     runner = factory(**kwargs)
   except Exception as e:  # Report, do not hang the parent.
-    conn.send({"error": f"{type(e).__name__}: {e}"})
+    conn.send({"error": _error(e)})
     return
   conn.send({"info": runner.info, "rss_import_mib": rss_before, "rss_mib": peak_rss_mib()})
   while True:
@@ -56,10 +82,14 @@ def _serve(conn, factory, kwargs):
     if n is None:
       break
     times = []
-    for _ in range(n):
-      start = time.perf_counter()
-      runner.step()
-      times.append(time.perf_counter() - start)
+    try:
+      for _ in range(n):
+        start = time.perf_counter()
+        runner.step()
+        times.append(time.perf_counter() - start)
+    except Exception as e:  # Report, do not hang the parent.
+      conn.send({"error": _error(e)})
+      break
     conn.send({"times": times, "rss_mib": peak_rss_mib()})
   conn.close()
 
@@ -67,13 +97,26 @@ def _serve(conn, factory, kwargs):
 class Side:
   """One benchmark side in a worker process."""
 
-  def __init__(self, name: str, factory, **kwargs):
+  def __init__(self, name: str, factory, *, env: dict[str, str] | None = None, **kwargs):
+    """Starts the worker and builds the side; raises RuntimeError when its factory fails.
+
+    Args:
+      name: The side's name in tables.
+      factory: A module-level function `(**kwargs) -> Runner`, run in the worker.
+      env: Environment variables of the worker, set before `factory` runs.
+      **kwargs: The factory's arguments (picklable).
+    """
     ctx = mp.get_context("spawn")
     self.name = name
+    self.error: str | None = None
     self._conn, child = ctx.Pipe()
-    self._proc = ctx.Process(target=_serve, args=(child, factory, kwargs), daemon=True)
+    self._proc = ctx.Process(target=_serve, args=(child, factory, kwargs, env), daemon=True)
     self._proc.start()
-    reply = self._conn.recv()
+    try:
+      reply = self._conn.recv()
+    except EOFError:  # The worker died (e.g. killed for memory).
+      self._proc.join(timeout=5)
+      reply = {"error": f"worker exited with code {self._proc.exitcode}"}
     if "error" in reply:
       self.close()
       raise RuntimeError(f"{name}: setup failed: {reply['error']}")
@@ -83,16 +126,26 @@ class Side:
     self.times: list[float] = []
 
   def run(self, n: int, record: bool = True) -> None:
-    """Runs `n` timed calls; keeps their times unless `record` is False (warmup)."""
-    self._conn.send(n)
-    reply = self._conn.recv()
+    """Runs `n` timed calls; keeps their times unless `record` is False (warmup).
+
+    A failing call sets `error` (the side then drops out of `interleave`) instead of raising.
+    """
+    try:
+      self._conn.send(n)
+      reply = self._conn.recv()
+    except (EOFError, BrokenPipeError, OSError) as e:
+      reply = {"error": f"worker lost: {type(e).__name__}"}
+    if "error" in reply:
+      self.error = reply["error"]
+      return
     self.rss_mib = reply["rss_mib"]
     if record:
       self.times.extend(reply["times"])
 
   @property
   def median(self) -> float:
-    return statistics.median(self.times)
+    """Median timed call in seconds (NaN when none was recorded)."""
+    return statistics.median(self.times) if self.times else math.nan
 
   def close(self) -> None:
     try:
@@ -107,11 +160,13 @@ class Side:
 def interleave(sides: list[Side], *, warmup: int, rounds: int, per_round: int) -> None:
   """Warms every side up, then runs `rounds` rounds of `per_round` calls, side after side."""
   for side in sides:
-    side.run(warmup, record=False)
+    if side.error is None:
+      side.run(warmup, record=False)
   for r in range(rounds):
     order = sides if r % 2 == 0 else sides[::-1]  # ABBA: neither side always goes first.
     for side in order:
-      side.run(per_round)
+      if side.error is None:
+        side.run(per_round)
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -122,9 +177,11 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def add_timing_args(p: argparse.ArgumentParser, *, unit: str, warmup: int, per_round: int,
-                    quick_per_round: int, threads_help: str) -> None:
+                    quick_per_round: int, threads_help: str,
+                    shapes_help: str = "Comma-separated: base, small.",
+                    shapes_default: str = "base,small") -> None:
   """The options every side-by-side benchmark shares (shapes, vocabulary, timing, threads)."""
-  p.add_argument("--shapes", default="base,small", help="Comma-separated: base, small.")
+  p.add_argument("--shapes", default=shapes_default, help=shapes_help)
   p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--warmup", type=int, default=warmup, help=f"Untimed {unit}s per side.")
   p.add_argument("--rounds", type=int, default=5, help="Interleaved rounds.")

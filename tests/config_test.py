@@ -37,6 +37,16 @@ def test_untied_embeddings_add_two_matrices():
   assert untied - tied == 2 * 100 * 32
 
 
+def test_marian_options_are_valid_and_a_pad_start_needs_bos_equal_to_pad():
+  config = TransformerConfig.tiny(100, activation="swish", sinusoid_layout="split",
+                                  scale_embeddings=False, logits_bias=True,
+                                  decoder_start_is_pad=True, bos_id=0)
+  assert config.bos_id == config.pad_id == 0
+  assert _num_params(config) - _num_params(TransformerConfig.tiny(100)) == 100  # The bias.
+  for activation in ("relu", "gelu", "gelu_exact", "swish"):
+    TransformerConfig.tiny(100, activation=activation)
+
+
 def test_frozen_and_hashable():
   config = TransformerConfig.tiny(10)
   with pytest.raises(dataclasses.FrozenInstanceError):
@@ -63,6 +73,9 @@ def test_frozen_and_hashable():
     (dict(bos_id=-1), ["bos_id", "vocab"]),
     (dict(pad_id=3), ["pad_id"]),
     (dict(activation="tanh"), ["activation"]),
+    (dict(sinusoid_layout="halves"), ["sinusoid_layout"]),
+    (dict(decoder_start_is_pad=True), ["decoder_start_is_pad", "bos_id must equal pad_id"]),
+    (dict(decoder_start_is_pad=True, bos_id=0, eos_id=0), ["collide", "eos_id"]),
     (dict(positional="rope"), ["positional"]),
     (dict(attention_impl="flash"), ["attention_impl"]),
     (dict(dtype="int32"), ["dtype", "floating"]),

@@ -252,6 +252,8 @@ def test_bad_arguments_raise_clear_errors(random6):
     decoding.greedy_search(model, random6, SRC6, min_len=-1)
   with pytest.raises(ValueError, match="Transformer"):
     decoding.greedy_search(CONFIG6, random6, SRC6)
+  with pytest.raises(ValueError, match="convention='hf' is not one of"):
+    decoding.beam_search(model, random6, SRC6, convention="hf")
   learned = Transformer(CONFIG6.replace(positional="learned", max_len=16))
   with pytest.raises(ValueError, match="max_len=16"):
     decoding.greedy_search(learned, random6, SRC6, max_len=17)

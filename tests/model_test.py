@@ -51,6 +51,28 @@ def test_sinusoidal_encoding_is_the_papers_formula():
   assert np.isclose(pe[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / 16)), atol=1e-5)
 
 
+def test_split_sinusoids_are_marians_layout():
+  # Marian: the D/2 sines first, then the cosines, at the paper's frequencies.
+  split = np.asarray(sinusoidal_encoding(jnp.arange(50), 16, "split"))
+  paper = np.asarray(sinusoidal_encoding(jnp.arange(50), 16))
+  np.testing.assert_array_equal(split, np.concatenate([paper[:, 0::2], paper[:, 1::2]], -1))
+  assert sinusoidal_encoding(jnp.arange(3), 15, "split").shape == (3, 15)
+
+
+def test_a_pad_start_token_is_attended():
+  config = _config(decoder_start_is_pad=True, bos_id=0, logits_bias=True)
+  params = _init(config)
+  tgt = TGT.copy()
+  tgt[:, 0] = 0  # The decoder starts with the padding id, as Marian's does.
+  base = np.asarray(_apply(config, params, SRC, tgt))
+  # Moving the padding embedding moves the logits of the real tokens after the start token
+  # (row 1; column 0 aside, which it projects onto): they attend to it.
+  moved = {**params, "shared_embedding": {
+      "embedding": params["shared_embedding"]["embedding"].at[0].add(1.0)}}
+  changed = np.asarray(_apply(config, moved, SRC, tgt))
+  assert np.abs(changed[1, 1:, 1:] - base[1, 1:, 1:]).min() > 1e-4
+
+
 def test_causal_mask_future_tokens_do_not_change_earlier_logits():
   params = _init(CONFIG)
   changed = TGT.copy()
@@ -189,14 +211,19 @@ def test_remat_equals_plain_gradients():
 
 @pytest.mark.parametrize("overrides", [dict(), dict(scan_layers=True), dict(pre_norm=True),
                                        dict(positional="learned", share_embeddings=False),
-                                       dict(scan_layers=True, remat=True)])
+                                       dict(scan_layers=True, remat=True),
+                                       dict(activation="swish", sinusoid_layout="split",
+                                            scale_embeddings=False, logits_bias=True,
+                                            decoder_start_is_pad=True, bos_id=0)])
 def test_cached_decoding_equals_full_forward(overrides):
   config = _config(**overrides)
   model = Transformer(config)
   params = _init(config)
-  full = _apply(config, params, SRC, TGT)
+  tgt = TGT.copy()
+  tgt[:, 0] = config.bos_id  # 0 (padding) when the decoder starts with it.
+  full = _apply(config, params, SRC, tgt)
   encoded = model.apply({"params": params}, SRC, method=Transformer.encode)
-  cache = init_cache(model, params, encoded, SRC, TGT.shape[1])
+  cache = init_cache(model, params, encoded, SRC, tgt.shape[1])
   # Encoder-decoder keys/values are projected once, heads first; self-attention starts empty.
   layer = cache["decoder"]["layers"] if config.scan_layers else cache["decoder"]["layers_0"]
   heads = (config.num_heads, SRC.shape[1], config.head_dim)
@@ -207,8 +234,8 @@ def test_cached_decoding_equals_full_forward(overrides):
   assert int(cache["decoder"]["position"]) == 0
   step_fn = jax.jit(functools.partial(model.apply, decode=True, method=Transformer.decode,
                                       mutable=["cache"]))
-  for t in range(TGT.shape[1]):
-    step, updates = step_fn({"params": params, "cache": cache}, encoded, SRC, TGT[:, t:t + 1])
+  for t in range(tgt.shape[1]):
+    step, updates = step_fn({"params": params, "cache": cache}, encoded, SRC, tgt[:, t:t + 1])
     cache = updates["cache"]
     # Every position, padding included: the cache masks padding keys like the full pass.
     np.testing.assert_allclose(step[:, 0], full[:, t], atol=1e-5)

@@ -32,10 +32,10 @@ def _launch(workdir, devices, *extra):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def _two_processes(workdir):
+def _two_processes(workdir, *extra):
   port = _free_port()
   return [_launch(workdir, 2, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                  f"--process_id={i}") for i in range(2)]
+                  f"--process_id={i}", *extra) for i in range(2)]
 
 
 def _wait(procs, timeout=300):
@@ -66,6 +66,15 @@ def test_two_processes_match_one_process(tmp_path, single_process_losses):
   assert losses[20] < losses[1]
   assert "Finished at step 20" in outs[0] and "Finished at step 20" in outs[1]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["10", "20"]
+
+
+def test_two_processes_with_shard_map_match_one_process_with_jit(tmp_path, single_process_losses):
+  workdir = str(tmp_path / "multi")
+  _wait(_two_processes(workdir, "--config.parallelism=shard_map"))
+  losses = _losses(workdir)
+  assert sorted(losses) == sorted(single_process_losses)
+  for step in losses:
+    assert losses[step] == pytest.approx(single_process_losses[step], rel=1e-4), step
 
 
 def test_sigterm_in_one_process_gives_one_consistent_checkpoint(tmp_path, single_process_losses):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from transformer_jax.config import TransformerConfig
+from transformer_jax.dropout import dropout
 
 Array = jax.Array
 
@@ -108,9 +109,7 @@ def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float = 0.0,
             dropout_rng: Array | None = None, *, heads_first: bool = False) -> Array:
   """The weighted sum of values `[B, T, H, K]` (`[B, H, T, K]` with `heads_first`), with optional
   dropout on the weights."""
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BxHxTxS.shape)
-    probs_BxHxTxS = jnp.where(keep, probs_BxHxTxS / (1.0 - dropout_rate), 0.0)
+  probs_BxHxTxS = dropout(probs_BxHxTxS, dropout_rate, dropout_rng)
   spec = "bhts,bhsk->bhtk" if heads_first else "bhts,bshk->bthk"
   return jnp.einsum(spec, probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
 

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_ACTIVATIONS = ("relu", "gelu")
+_ACTIVATIONS = ("relu", "gelu", "gelu_exact", "swish")
 _POSITIONAL = ("sinusoidal", "learned")
+_SINUSOID_LAYOUTS = ("interleaved", "split")
 _ATTENTION_IMPLS = ("auto", "xla", "cudnn", "plain")
 
 
@@ -34,10 +35,21 @@ class TransformerConfig:
       backend the model runs on; read `compute_dtype`), "float32" or "bfloat16".
     param_dtype: Parameter dtype (keep float32).
     pad_id: Id of padding; always 0.
-    bos_id: Id that starts every decoder input.
+    bos_id: Id that starts every decoder input (the decoder start token).
     eos_id: Id that ends every target.
-    activation: Feed-forward non-linearity ("relu" as in the paper, or "gelu").
+    activation: Feed-forward non-linearity: "relu" as in the paper, "gelu" (tanh
+      approximation), "gelu_exact" (erf), or "swish" (x * sigmoid(x), also called SiLU).
     positional: "sinusoidal" (the paper's formula) or "learned".
+    sinusoid_layout: Where the sinusoids' sines and cosines go: "interleaved" as in the paper
+      (sin in even dimensions, cos in odd ones) or "split" as in Marian (the D/2 sines first,
+      then the D/2 cosines); same frequencies.
+    scale_embeddings: Multiply token embeddings by sqrt(d_model) (the paper; Marian's
+      `scale_embedding`).
+    logits_bias: Add a learned bias `[V]` to the output logits (Marian's `final_logits_bias`).
+    decoder_start_is_pad: The decoder input starts with pad_id instead of a BOS of its own, as in
+      Marian (OPUS-MT); bos_id must then equal pad_id. A pad_id at target position 0 is then the
+      start token, attended to and never masked as padding, and the searches never generate
+      pad_id.
     layer_norm_epsilon: Epsilon of every LayerNorm.
     attention_impl: "auto" (cuDNN fused kernel on GPUs in half precision, XLA
       otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`), or "plain"
@@ -65,6 +77,10 @@ class TransformerConfig:
   eos_id: int = 2
   activation: str = "relu"
   positional: str = "sinusoidal"
+  sinusoid_layout: str = "interleaved"
+  scale_embeddings: bool = True
+  logits_bias: bool = False
+  decoder_start_is_pad: bool = False
   layer_norm_epsilon: float = 1e-6
   attention_impl: str = "auto"
   scan_layers: bool = False
@@ -95,10 +111,9 @@ class TransformerConfig:
       if not 0 <= value < self.vocab_size:
         raise ValueError(f"TransformerConfig.{name}={value} is outside the vocabulary "
                          f"[0, vocab_size={self.vocab_size}); use an id below vocab_size.")
-    if len(set(ids.values())) != 3:
-      raise ValueError(f"TransformerConfig special ids collide ({ids}); pad_id, bos_id and "
-                       "eos_id must be three different ids.")
+    self._check_special_ids(ids)
     for name, allowed in (("activation", _ACTIVATIONS), ("positional", _POSITIONAL),
+                          ("sinusoid_layout", _SINUSOID_LAYOUTS),
                           ("attention_impl", _ATTENTION_IMPLS)):
       if getattr(self, name) not in allowed:
         raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of "
@@ -115,6 +130,21 @@ class TransformerConfig:
                          ) from e
       if not jnp.issubdtype(dtype, jnp.floating):
         raise ValueError(f"TransformerConfig.{name} must be a floating dtype, got {dtype}.")
+
+  def _check_special_ids(self, ids: dict[str, int]) -> None:
+    if self.decoder_start_is_pad:
+      if self.bos_id != self.pad_id:
+        raise ValueError(f"TransformerConfig.decoder_start_is_pad=True starts the decoder with "
+                         f"pad_id, so bos_id must equal pad_id={self.pad_id}; got bos_id="
+                         f"{self.bos_id}. Use a tokenizer whose BOS is its padding id (Marian's) "
+                         "or set decoder_start_is_pad=False.")
+      if self.eos_id == self.pad_id:
+        raise ValueError(f"TransformerConfig special ids collide ({ids}); eos_id must differ "
+                         "from pad_id.")
+    elif len(set(ids.values())) != 3:
+      raise ValueError(f"TransformerConfig special ids collide ({ids}); pad_id, bos_id and "
+                       "eos_id must be three different ids (bos_id may equal pad_id only with "
+                       "decoder_start_is_pad=True).")
 
   @property
   def compute_dtype(self) -> jnp.dtype:

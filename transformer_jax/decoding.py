@@ -12,8 +12,20 @@ compiled functions are module-level `jax.jit`s keyed on the config and the stati
 repeated calls with the same shapes do not recompile.
 
 Generated tokens exclude BOS, include EOS, and are `pad_id` after it. Nothing but EOS (before
-`min_len`) is ever forbidden: the searches follow the model's distribution over the whole
-vocabulary, as an argmax loop or an exhaustive search over the full forward pass would.
+`min_len`) is ever forbidden, and `pad_id` when it is the decoder start token
+(`decoder_start_is_pad`, Marian's convention, whose generation configs forbid it too): the
+searches follow the model's distribution over the whole vocabulary, as an argmax loop or an
+exhaustive search over the full forward pass would.
+
+Beam search follows one of two conventions. "gnmt" (the default; the paper's decoding as in
+tensor2tensor and Flax's WMT example): scores divide by ((5 + length) / 6)^alpha, every alive
+hypothesis may finish with EOS, a row stops when no alive hypothesis can beat its worst finished
+one at any length up to its limit, and hypotheses cut at the limit are returned only when none
+finished. "huggingface" reproduces transformers' `generate(num_beams=N, length_penalty=alpha,
+early_stopping=False)`: scores divide by length^alpha, only the candidates among the N most
+probable of a step can finish, a row stops once N hypotheses finished and the best alive one,
+scored at its current length, cannot beat the worst of them, and at the length limit the N most
+probable candidates all finish, with or without EOS. Lengths count generated tokens with EOS.
 """
 
 from __future__ import annotations
@@ -32,11 +44,18 @@ from transformer_jax.model import Transformer, init_cache
 Array = jax.Array
 
 EXTRA_LENGTH = 50  # Section 6.1: maximum output length = input length + 50.
+CONVENTIONS = ("gnmt", "huggingface")
 _NEG_INF = -jnp.inf
 
 
-def length_penalty(length: Any, alpha: Any) -> Any:
-  """GNMT's length penalty ((5 + length) / 6)^alpha (Wu et al., 2016); scores divide by it."""
+def length_penalty(length: Any, alpha: Any, convention: str = "gnmt") -> Any:
+  """What beam search divides a hypothesis's sum of log-probabilities by.
+
+  GNMT's ((5 + length) / 6)^alpha (Wu et al., 2016), or with `convention="huggingface"`
+  length^alpha (transformers' `length_penalty`).
+  """
+  if convention == "huggingface":
+    return length ** alpha
   return ((5.0 + length) / 6.0) ** alpha
 
 
@@ -68,8 +87,11 @@ def greedy_search(model: Transformer, params: Any, src: Any, *, max_len: int | N
 
 def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4,
                 alpha: float = 0.6, max_len: int | None = None, min_len: int = 0,
-                return_steps: bool = False):
+                convention: str = "gnmt", return_steps: bool = False):
   """Beam search with GNMT's length penalty, as in section 6.1 of the paper (beam 4, alpha 0.6).
+
+  This describes the default `convention="gnmt"`; "huggingface" follows transformers' rules
+  (see the module docstring) and takes its `length_penalty` as `alpha`.
 
   Every step, each of the `beam_size` alive hypotheses is extended by EOS (a finished candidate,
   scored `sum log p / length_penalty(length, alpha)` with EOS counted in the length) and by every
@@ -87,6 +109,7 @@ def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4
     max_len: Most tokens to generate, EOS included. Default: each row's own source length
       (non-pad tokens) + 50, with `T = S + 50`.
     min_len: No EOS among the first `min_len` generated tokens.
+    convention: "gnmt" or "huggingface" (see the module docstring).
     return_steps: Also return how many decoder steps the loop ran (for tests and benchmarks).
 
   Returns:
@@ -97,10 +120,13 @@ def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4
   beam_size = require_int("beam_size", beam_size, minimum=1)
   if not np.isfinite(alpha):
     raise ValueError(f"alpha (the length penalty exponent) must be finite, got {alpha!r}.")
+  if convention not in CONVENTIONS:
+    raise ValueError(f"convention={convention!r} is not one of {CONVENTIONS}.")
   config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
   tokens_BxNxT, scores_BxN, steps = _beam(params, src, limit_B, np.int32(min_len),
                                           np.float32(alpha), config=config,
-                                          beam_size=beam_size, max_len=length)
+                                          beam_size=beam_size, max_len=length,
+                                          convention=convention)
   if return_steps:
     return tokens_BxNxT, scores_BxN, steps
   return tokens_BxNxT, scores_BxN
@@ -176,6 +202,13 @@ def _mask_eos(scores_xV: Array, step: Array, min_len: Array, eos_id: int) -> Arr
   return jnp.where(is_eos & (step < min_len), _NEG_INF, scores_xV)
 
 
+def _mask_pad(scores_xV: Array, config: TransformerConfig) -> Array:
+  """-inf for pad_id when it is the decoder start token (never generated then)."""
+  if not config.decoder_start_is_pad:
+    return scores_xV
+  return jnp.where(jnp.arange(scores_xV.shape[-1]) == config.pad_id, _NEG_INF, scores_xV)
+
+
 # ----------------------------------------------------------------------------- greedy
 
 
@@ -197,7 +230,8 @@ def _greedy(params, src_BxS, limit_B, min_len, *, config: TransformerConfig, max
     step, tokens_BxT, last_B, finished_B, cache = state
     logits_Bx1xV, cache = _decode_step(model, params, cache, encoded_BxSxD, src_BxS,
                                        last_B[:, None])
-    next_B = jnp.argmax(_mask_eos(logits_Bx1xV[:, 0], step, min_len, config.eos_id), axis=-1)
+    logits_BxV = _mask_pad(logits_Bx1xV[:, 0], config)
+    next_B = jnp.argmax(_mask_eos(logits_BxV, step, min_len, config.eos_id), axis=-1)
     next_B = next_B.astype(jnp.int32)
     active_B = ~done(step, finished_B)
     written_B = jnp.where(active_B, next_B, config.pad_id)
@@ -221,6 +255,7 @@ class _BeamState(NamedTuple):
   finished_seqs_BxNxT: Array
   finished_scores_BxN: Array  # Length-penalized scores, best first (-inf: empty slot).
   history_BxNxT: Array       # The cache slot holding each alive hypothesis's token at each step.
+  done_B: Array              # Rows whose hypotheses are final (frozen from then on).
   cache: Any                 # Decoder cache: N slots per row, written in place, never reordered.
 
 
@@ -230,30 +265,21 @@ def _gather_beams(x_BxNx_: Array, origin_BxN: Array) -> Array:
   return jnp.take_along_axis(x_BxNx_, index, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len"))
+@functools.partial(jax.jit, static_argnames=("config", "beam_size", "max_len", "convention"))
 def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig, beam_size: int,
-          max_len: int):
+          max_len: int, convention: str = "gnmt"):
   model = Transformer(config)
   batch, beams = src_BxS.shape[0], beam_size
   eos = config.eos_id
   # The encoder runs, and the encoder-decoder keys/values are projected, once per source row.
   encoded_BxSxD = model.apply({"params": params}, src_BxS, method=Transformer.encode)
-  penalty = lambda length: length_penalty(jnp.asarray(length, jnp.float32), alpha)
-
-  def row_done(state: _BeamState) -> Array:
-    # Log-probabilities only fall as hypotheses grow, so an alive hypothesis finishing at some
-    # length in (step, limit] scores at most best_logprob / the largest penalty there.
-    largest_penalty = jnp.maximum(penalty(state.step + 1), penalty(limit_B))
-    bound_B = state.alive_logprobs_BxN[:, 0] / largest_penalty
-    cannot_improve_B = bound_B <= state.finished_scores_BxN[:, -1]
-    return (state.step >= limit_B) | cannot_improve_B
+  penalty = lambda length: length_penalty(jnp.asarray(length, jnp.float32), alpha, convention)
 
   def cond(state: _BeamState) -> Array:
-    return (state.step < max_len) & ~jnp.all(row_done(state))
+    return (state.step < max_len) & ~jnp.all(state.done_B)
 
   def body(state: _BeamState) -> _BeamState:
     step = state.step
-    done_B = row_done(state)
     last_BxN = jax.lax.dynamic_index_in_dim(state.alive_seqs_BxNxT, step - 1, axis=2,
                                             keepdims=False)
     last_BxN = jnp.where(step == 0, config.bos_id, last_BxN)
@@ -269,27 +295,49 @@ def _beam(params, src_BxS, limit_B, min_len, alpha, *, config: TransformerConfig
 
     eos_logprob_BxN = logprob(logits_BxNxV[..., eos:eos + 1])[..., 0]
     eos_logprob_BxN = jnp.where(step < min_len, _NEG_INF, eos_logprob_BxN)
-    finished_scores_BxN, finished_seqs_BxNxT = _finish_with_eos(
-        state, eos_logprob_BxN, penalty(step + 1), eos)
+    # A forbidden pad_id keeps the others' log-probabilities (normalized with it), as there.
     alive_logprobs_BxN, alive_seqs_BxNxT, history_BxNxT = _extend_alive(
-        state, logits_BxNxV, logprob, history_BxNxT, eos)
+        state, _mask_pad(logits_BxNxV, config), logprob, history_BxNxT, eos)
+    if convention == "huggingface":
+      finished_scores_BxN, finished_seqs_BxNxT = _finish_most_probable(
+          state, eos_logprob_BxN, alive_logprobs_BxN, alive_seqs_BxNxT, penalty(step + 1),
+          step + 1 >= limit_B, eos)
+    else:
+      finished_scores_BxN, finished_seqs_BxNxT = _finish_with_eos(
+          state, eos_logprob_BxN, penalty(step + 1), eos)
 
     # Rows already done keep their hypotheses, so a row ends as it would alone.
-    keep = lambda old, new: jnp.where(done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
-    return _BeamState(
+    keep = lambda old, new: jnp.where(
+        state.done_B.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
+    new_state = _BeamState(
         step=step + 1,
         alive_seqs_BxNxT=keep(state.alive_seqs_BxNxT, alive_seqs_BxNxT),
         alive_logprobs_BxN=keep(state.alive_logprobs_BxN, alive_logprobs_BxN),
         finished_seqs_BxNxT=keep(state.finished_seqs_BxNxT, finished_seqs_BxNxT),
         finished_scores_BxN=keep(state.finished_scores_BxN, finished_scores_BxN),
         history_BxNxT=history_BxNxT,
+        done_B=state.done_B,
         cache=cache)
+    return new_state._replace(done_B=_row_done(new_state, limit_B, penalty, convention))
 
   cache = init_cache(model, params, encoded_BxSxD, src_BxS, max_len, beam_size=beams)
   state = jax.lax.while_loop(cond, body, _initial_state(batch, beams, max_len, config.pad_id,
                                                         cache))
   seqs_BxNxT, scores_BxN = _best_hypotheses(state, penalty(limit_B), config.pad_id)
   return seqs_BxNxT, scores_BxN, state.step
+
+
+def _row_done(state: _BeamState, limit_B: Array, penalty, convention: str) -> Array:
+  """Whether each row is done once `state.step` tokens are generated (and stays done)."""
+  if convention == "huggingface":  # transformers' heuristic: the best alive one, as it is.
+    best_penalty = penalty(state.step)
+  else:
+    # Log-probabilities only fall as hypotheses grow, so an alive hypothesis finishing at some
+    # length in (step, limit] scores at most best_logprob / the largest penalty there.
+    best_penalty = jnp.maximum(penalty(state.step + 1), penalty(limit_B))
+  bound_B = state.alive_logprobs_BxN[:, 0] / best_penalty
+  cannot_improve_B = bound_B <= state.finished_scores_BxN[:, -1]
+  return state.done_B | (state.step >= limit_B) | cannot_improve_B
 
 
 def _initial_state(batch: int, beams: int, max_len: int, pad_id: int, cache) -> _BeamState:
@@ -303,6 +351,7 @@ def _initial_state(batch: int, beams: int, max_len: int, pad_id: int, cache) -> 
       finished_seqs_BxNxT=empty_BxNxT,
       finished_scores_BxN=no_scores_BxN,
       history_BxNxT=jnp.zeros((batch, beams, max_len), jnp.int32),
+      done_B=jnp.zeros((batch,), bool),
       cache=cache)
 
 
@@ -320,14 +369,44 @@ def _best_hypotheses(state: _BeamState, limit_penalty_B: Array, pad_id: int):
 def _finish_with_eos(state: _BeamState, eos_logprob_BxN: Array, penalty: Array, eos: int):
   """Finished candidates: every alive hypothesis extended by EOS (scored with the length
   penalty), merged with the finished ones; the best N (scores `[B, N]`, seqs `[B, N, T]`)."""
-  beams = state.alive_logprobs_BxN.shape[1]
   new_scores_BxN = (state.alive_logprobs_BxN + eos_logprob_BxN) / penalty
   new_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, state.step,
                              jnp.full_like(new_scores_BxN, eos, jnp.int32))
-  scores_Bx2N = jnp.concatenate([state.finished_scores_BxN, new_scores_BxN], axis=1)
-  seqs_Bx2NxT = jnp.concatenate([state.finished_seqs_BxNxT, new_seqs_BxNxT], axis=1)
-  finished_scores_BxN, best_BxN = jax.lax.top_k(scores_Bx2N, beams)  # Ties keep the older.
-  return finished_scores_BxN, _gather_beams(seqs_Bx2NxT, best_BxN)
+  return _merge_finished(state, new_scores_BxN, new_seqs_BxNxT)
+
+
+def _finish_most_probable(state: _BeamState, eos_logprob_BxN: Array, alive_logprobs_BxN: Array,
+                          alive_seqs_BxNxT: Array, penalty: Array, at_limit_B: Array, eos: int):
+  """transformers' finished candidates: of this step's candidates (every alive hypothesis
+  extended by any token), the N with the highest sum log p may finish, those that end with EOS
+  and, at the row's length limit, all N; merged with the finished ones, the best N.
+
+  `alive_logprobs_BxN` / `alive_seqs_BxNxT` are the best N candidates without EOS: every other
+  one has N better candidates, so the rank of a candidate among all is its rank among these
+  and the N EOS candidates.
+  """
+  beams = alive_logprobs_BxN.shape[1]
+  eos_logprobs_BxN = state.alive_logprobs_BxN + eos_logprob_BxN
+  eos_seqs_BxNxT = _set_step(state.alive_seqs_BxNxT, state.step,
+                             jnp.full_like(alive_seqs_BxNxT[..., 0], eos))
+  logprobs_Bx2N = jnp.concatenate([eos_logprobs_BxN, alive_logprobs_BxN], axis=1)
+  seqs_Bx2NxT = jnp.concatenate([eos_seqs_BxNxT, alive_seqs_BxNxT], axis=1)
+  rank_Bx2N = jnp.sum(logprobs_Bx2N[:, None, :] > logprobs_Bx2N[:, :, None], axis=-1)
+  may_finish_Bx2N = jnp.concatenate(
+      [jnp.ones_like(eos_logprobs_BxN, bool),
+       jnp.broadcast_to(at_limit_B[:, None], alive_logprobs_BxN.shape)], axis=1)
+  finishes_Bx2N = may_finish_Bx2N & (rank_Bx2N < beams)
+  scores_Bx2N = jnp.where(finishes_Bx2N, logprobs_Bx2N / penalty, _NEG_INF)
+  return _merge_finished(state, scores_Bx2N, seqs_Bx2NxT)
+
+
+def _merge_finished(state: _BeamState, new_scores_BxM: Array, new_seqs_BxMxT: Array):
+  """The best N of the finished hypotheses and the new ones (scores `[B, N]`, seqs `[B, N, T]`)."""
+  beams = state.finished_scores_BxN.shape[1]
+  scores_BxK = jnp.concatenate([state.finished_scores_BxN, new_scores_BxM], axis=1)
+  seqs_BxKxT = jnp.concatenate([state.finished_seqs_BxNxT, new_seqs_BxMxT], axis=1)
+  finished_scores_BxN, best_BxN = jax.lax.top_k(scores_BxK, beams)  # Ties keep the older.
+  return finished_scores_BxN, _gather_beams(seqs_BxKxT, best_BxN)
 
 
 def _extend_alive(state: _BeamState, logits_BxNxV: Array, logprob, history_BxNxT: Array,

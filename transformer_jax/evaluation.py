@@ -123,7 +123,7 @@ def bucket_length(length: int, minimum: int = 16) -> int:
 
 def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: Sequence[str], *,
               beam_size: int = 4, alpha: float = 0.6, max_len: int | None = None,
-              min_len: int = 0, batch_tokens: int = 4096,
+              min_len: int = 0, batch_tokens: int = 4096, beam_convention: str = "gnmt",
               append_eos: bool = True, progress: bool = False) -> list[str]:
   """Translates `lines`, returned in input order.
 
@@ -142,6 +142,8 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
     max_len: Most generated tokens; default each source's length + 50 (the paper).
     min_len: No EOS before this many tokens.
     batch_tokens: Padded source tokens per batch (beams multiply the decoder's share).
+    beam_convention: "gnmt" (the paper's length penalty) or "huggingface" (transformers'
+      beam search; `alpha` is then its `length_penalty`); see `decoding`.
     append_eos: Feed sources as ids + EOS, as the data pipeline does in training.
     progress: Show a progress bar on stderr.
 
@@ -157,6 +159,9 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
                        f"{getattr(config, name)}; use the tokenizer the model was trained with.")
   require_int("batch_tokens", batch_tokens, minimum=1)
   require_int("beam_size", beam_size, minimum=1)
+  if beam_convention not in decoding.CONVENTIONS:
+    raise ValueError(f"beam_convention={beam_convention!r} is not one of "
+                     f"{decoding.CONVENTIONS}.")
   if isinstance(lines, str):
     raise ValueError("lines must be a list of sentences, not one string.")
 
@@ -176,7 +181,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
       for row, j in enumerate(members + members[:1] * (batch.size - len(members))):
         src[row, :len(ids[j])] = ids[j]  # Filler rows copy the first, so they end with it.
       best = _best_ids(model, params, src, beam_size=beam_size, alpha=alpha, max_len=max_len,
-                       min_len=min_len)
+                       min_len=min_len, convention=beam_convention)
       for row, j in enumerate(members):
         outputs[todo[j]] = tokenizer.decode(best[row])
       bar.update(len(members))
@@ -184,13 +189,14 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
 
 
 def _best_ids(model: Transformer, params: Any, src: np.ndarray, *, beam_size: int, alpha: float,
-              max_len: int | None, min_len: int) -> list[list[int]]:
+              max_len: int | None, min_len: int, convention: str) -> list[list[int]]:
   """The best translation of each row as ids before EOS (greedy search when beam_size is 1)."""
   if beam_size == 1:
     tokens = decoding.greedy_search(model, params, src, max_len=max_len, min_len=min_len)
   else:
     tokens = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,
-                                  max_len=max_len, min_len=min_len)[0][:, 0]
+                                  max_len=max_len, min_len=min_len,
+                                  convention=convention)[0][:, 0]
   return decoding.ids_until_eos(np.asarray(tokens), eos_id=model.config.eos_id,
                                 pad_id=model.config.pad_id)
 

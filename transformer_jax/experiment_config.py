@@ -24,6 +24,7 @@ from transformer_jax.config import TransformerConfig, require_int
 TOKENIZER_FIELDS = ("vocab_size", "pad_id", "bos_id", "eos_id")
 SCHEDULES = ("paper", "rsqrt", "cosine", "constant")
 WEIGHT_DECAY_MASKS = ("all", "matrices")
+PARALLELISMS = ("jit", "shard_map")
 BLEU_TOKENIZERS = ("13a", "none", "intl", "zh", "char", "ja-mecab", "ko-mecab", "spm",
                    "flores101", "flores200")
 
@@ -220,6 +221,9 @@ class ExperimentConfig:
     eval_bleu_tokenize: sacreBLEU tokenizer: 13a on raw text, none on tokenized text.
     num_sample_translations: Sample translations printed at the end (>= 0).
     fsdp: Shard parameters and optimizer state over the data axis (else replicate them).
+    parallelism: How the data-parallel step is written: "jit" (global step, collectives
+      inserted by XLA) or "shard_map" (per-device step with explicit collectives); the same
+      update either way.
     model: The architecture (`TransformerConfig`; vocab_size and special ids: the tokenizer's).
     data: Corpus, tokenizer and batches.
     optim: Optimizer and schedule.
@@ -236,6 +240,7 @@ class ExperimentConfig:
   eval_bleu_tokenize: str = "13a"
   num_sample_translations: int = 3
   fsdp: bool = False
+  parallelism: str = "jit"
   model: TransformerConfig = dataclasses.field(default_factory=_default_model)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -250,6 +255,7 @@ class ExperimentConfig:
     _check(self.eval_bleu_examples >= -1, "eval_bleu_examples", self.eval_bleu_examples,
            "must be >= 0, or -1 for all")
     _choice("eval_bleu_tokenize", self.eval_bleu_tokenize, BLEU_TOKENIZERS)
+    _choice("parallelism", self.parallelism, PARALLELISMS)
 
   def to_dict(self) -> dict[str, Any]:
     """Plain nested dict of every setting (JSON-ready); `from_dict` reads it back."""
@@ -341,6 +347,8 @@ def _build(cls: type, values: Any, prefix: str):
       kwargs[key] = _coerce(value, hints[key], where(key))
   if cls is TransformerConfig:
     kwargs.setdefault("vocab_size", DataConfig.vocab_size)  # Replaced by the tokenizer's.
+    if kwargs.get("decoder_start_is_pad"):
+      kwargs.setdefault("bos_id", TransformerConfig.pad_id)  # Also the tokenizer's, later.
     try:
       return cls(**kwargs)
     except ValueError as e:  # Its own range checks name the field as TransformerConfig.X.

@@ -1,9 +1,9 @@
 """Loading a trained workdir for decoding: model, checkpoint parameters and tokenizer.
 
 A workdir describes itself: every checkpoint stores the experiment configuration it was trained
-with, and `tokenizer.model` sits beside them. The model is rebuilt from those alone (no config
-file, no training library), with the compute dtype resolved for the device at hand
-(`model.dtype="auto"`: bfloat16 on GPU/TPU, float32 on CPU).
+with, and `tokenizer.model` (or an imported model's `marian_tokenizer/`) sits beside them. The
+model is rebuilt from those alone (no config file, no training library), with the compute dtype
+resolved for the device at hand (`model.dtype="auto"`: bfloat16 on GPU/TPU, float32 on CPU).
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 from typing import Any
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax.data.bundle import TOKENIZER_FILE
+from transformer_jax.data.bundle import TOKENIZER_FILE, load_workdir_tokenizer
+from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.experiment_config import ConfigError, ExperimentConfig
 from transformer_jax.model import Transformer
@@ -49,16 +50,17 @@ def check_writable(path: str, flag: str) -> None:
     raise ValueError(f"{flag} {path}: directory {parent} is not writable.")
 
 
-def load_tokenizer(workdir: str) -> Tokenizer:
-  """The workdir's tokenizer (written by training)."""
+def load_tokenizer(workdir: str) -> Tokenizer | MarianTokenizer:
+  """The workdir's tokenizer (written by training, or by import_marian.py)."""
   if os.path.isfile(workdir):
     raise FileNotFoundError(f"--workdir {workdir} is a file, not a training workdir.")
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"--workdir {workdir} does not exist.")
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} is missing: is {workdir} a training workdir?")
-  return Tokenizer.load(path)
+  tokenizer = load_workdir_tokenizer(workdir)
+  if tokenizer is None:
+    raise FileNotFoundError(f"{os.path.join(workdir, TOKENIZER_FILE)} is missing: is {workdir} "
+                            "a training workdir?")
+  return tokenizer
 
 
 def experiment_from_checkpoint(config: dict | None, workdir: str) -> ExperimentConfig:
@@ -76,7 +78,8 @@ def experiment_from_checkpoint(config: dict | None, workdir: str) -> ExperimentC
                      "metadata (JSON), or retrain.") from None
 
 
-def model_for(experiment: ExperimentConfig, tokenizer: Tokenizer) -> Transformer:
+def model_for(experiment: ExperimentConfig,
+              tokenizer: Tokenizer | MarianTokenizer) -> Transformer:
   """The Transformer of `experiment` with the tokenizer's vocabulary and special ids."""
   return Transformer(experiment.model_config(
       vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id,
@@ -84,7 +87,7 @@ def model_for(experiment: ExperimentConfig, tokenizer: Tokenizer) -> Transformer
 
 
 def load_translator(workdir: str, checkpoint: str = "latest"
-                    ) -> tuple[Transformer, Any, Tokenizer, str]:
+                    ) -> tuple[Transformer, Any, Tokenizer | MarianTokenizer, str]:
   """(model, params, tokenizer, description) for a trained workdir (see `load_params`)."""
   tokenizer = load_tokenizer(workdir)
   params, config, what = load_params(workdir, checkpoint)

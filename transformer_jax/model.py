@@ -19,6 +19,7 @@ import numpy as np
 
 from transformer_jax.attention import MultiHeadAttention, dense_init, make_attention_mask, slot_mask
 from transformer_jax.config import TransformerConfig, require_int
+from transformer_jax.dropout import dropout
 
 Array = jax.Array
 
@@ -26,11 +27,17 @@ Array = jax.Array
 # ----------------------------------------------------------------------------- embeddings
 
 
-def sinusoidal_encoding(positions: Array, d_model: int) -> Array:
-  """The paper's PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same); `[..., D]`."""
+def sinusoidal_encoding(positions: Array, d_model: int, layout: str = "interleaved") -> Array:
+  """The paper's PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(same); `[..., D]`.
+
+  `layout="split"` puts the same values in Marian's order instead: the sines in the first
+  ceil(D/2) dimensions, then the cosines.
+  """
   two_i = np.arange(0, d_model, 2, dtype=np.float32)
   inv_freq = jnp.asarray(np.power(10000.0, -two_i / d_model))
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., D/2]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., ceil(D/2)]
+  if layout == "split":
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[..., :d_model]
   # Interleave so that even dimensions hold sines and odd dimensions cosines.
   pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1)
   return pe.reshape(*positions.shape, -1)[..., :d_model]
@@ -49,12 +56,13 @@ class PositionalEncoding(nn.Module):
                          (cfg.max_len, cfg.d_model), jnp.dtype(cfg.param_dtype))
       pe = jnp.take(table, positions, axis=0)
     else:
-      pe = sinusoidal_encoding(positions, cfg.d_model)
+      pe = sinusoidal_encoding(positions, cfg.d_model, cfg.sinusoid_layout)
     return x + pe.astype(x.dtype)
 
 
 class SharedEmbedding(nn.Module):
-  """Token embedding scaled by sqrt(d_model); `attend` is the tied output projection."""
+  """Token embedding scaled by sqrt(d_model) (unless `scale_embeddings=False`); `attend` is the
+  tied output projection."""
 
   config: TransformerConfig
 
@@ -67,6 +75,8 @@ class SharedEmbedding(nn.Module):
   def __call__(self, tokens: Array) -> Array:
     cfg = self.config
     x = jnp.take(self.embedding, tokens, axis=0).astype(cfg.compute_dtype)
+    if not cfg.scale_embeddings:
+      return x
     return x * jnp.asarray(math.sqrt(cfg.d_model), cfg.compute_dtype)
 
   def attend(self, x_BxTxD: Array) -> Array:
@@ -85,14 +95,26 @@ class Embedder(nn.Module):
   def __call__(self, tokens: Array, positions: Array, *, deterministic: bool) -> Array:
     x = self.embed(tokens)
     x = PositionalEncoding(self.config, name="positional")(x, positions)
-    return nn.Dropout(self.config.dropout_rate)(x, deterministic=deterministic)
+    return _dropout(self, x, deterministic)
+
+
+def _dropout(module: nn.Module, x: Array, deterministic: bool) -> Array:
+  """P_drop dropout with the module's "dropout" rng; masks follow the global batch row."""
+  rate = module.config.dropout_rate
+  if deterministic or rate == 0.0:
+    return x
+  return dropout(x, rate, module.make_rng("dropout"))
 
 
 # ----------------------------------------------------------------------------- layers
 
 
+_ACTIVATION_FNS = {"relu": nn.relu, "gelu": nn.gelu,
+                   "gelu_exact": functools.partial(nn.gelu, approximate=False), "swish": nn.swish}
+
+
 class FeedForward(nn.Module):
-  """FFN(x) = max(0, x W1 + b1) W2 + b2, applied at every position."""
+  """FFN(x) = max(0, x W1 + b1) W2 + b2 (or another `activation`), applied at every position."""
 
   config: TransformerConfig
 
@@ -102,7 +124,7 @@ class FeedForward(nn.Module):
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype)
     h_BxTxF = dense(cfg.d_ff, name="wi")(x)
-    h_BxTxF = nn.relu(h_BxTxF) if cfg.activation == "relu" else nn.gelu(h_BxTxF)
+    h_BxTxF = _ACTIVATION_FNS[cfg.activation](h_BxTxF)
     return dense(cfg.d_model, name="wo")(h_BxTxF)
 
 
@@ -116,10 +138,9 @@ class SubLayer(nn.Module):
     cfg = self.config
     norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                         param_dtype=cfg.param_dtype, name="norm")
-    dropout = nn.Dropout(cfg.dropout_rate)
     if cfg.pre_norm:
-      return x + dropout(f(norm(x)), deterministic=deterministic)
-    return norm(x + dropout(f(x), deterministic=deterministic))
+      return x + _dropout(self, f(norm(x)), deterministic)
+    return norm(x + _dropout(self, f(x), deterministic))
 
 
 class EncoderLayer(nn.Module):
@@ -232,7 +253,8 @@ class Decoder(nn.Module):
   says in which of the row's N cache slots each hypothesis's token at each position was written
   (default: its own slot n); beam search passes it instead of reordering the cache. The cache
   also remembers which fed tokens were padding, so that they are masked as keys exactly as in
-  the full forward pass (a decoder may generate `pad_id`).
+  the full forward pass (a decoder may generate `pad_id`). With `decoder_start_is_pad`, a
+  `pad_id` at target position 0 is the start token: a key like any other, in both passes.
   """
 
   config: TransformerConfig
@@ -249,11 +271,12 @@ class Decoder(nn.Module):
     if decode:
       tgt_positions, self_mask, position = self._decode_inputs(tgt_in, tgt_positions,
                                                                beam_history)
-    else:
-      self_mask = make_attention_mask(tgt_in, tgt_in, pad_id=cfg.pad_id, causal=True,
-                                      query_segments=tgt_segments, key_segments=tgt_segments)
     if tgt_positions is None:
       tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
+    if not decode:
+      self_mask = make_attention_mask(tgt_in, _target_keys(cfg, tgt_in, tgt_positions),
+                                      pad_id=cfg.pad_id, causal=True,
+                                      query_segments=tgt_segments, key_segments=tgt_segments)
     cross_mask = make_attention_mask(tgt_in, src, pad_id=cfg.pad_id, query_segments=tgt_segments,
                                      key_segments=src_segments)
     y = Embedder(cfg, embed, name="embedder")(tgt_in, tgt_positions, deterministic=deterministic)
@@ -263,10 +286,16 @@ class Decoder(nn.Module):
       y = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                        param_dtype=cfg.param_dtype, name="final_norm")(y)
     if cfg.share_embeddings:
-      return embed.attend(y)
-    return nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=dense_init,
-                    dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
-                    name="output_projection")(y).astype(jnp.float32)
+      logits_BxTxV = embed.attend(y)
+    else:
+      logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=dense_init,
+                              dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
+                              name="output_projection")(y).astype(jnp.float32)
+    if cfg.logits_bias:
+      bias_V = self.param("logits_bias", nn.initializers.zeros, (cfg.vocab_size,),
+                          jnp.dtype(cfg.param_dtype))
+      logits_BxTxV = logits_BxTxV + bias_V.astype(jnp.float32)
+    return logits_BxTxV
 
   def _decode_inputs(self, tgt_in_BxN: Array, tgt_positions: Array | None,
                      beam_history_BxNxL: Array | None):
@@ -301,10 +330,20 @@ class Decoder(nn.Module):
     if tgt_positions is None:
       tgt_positions = jnp.broadcast_to(index, tgt_in_BxN.shape)
     if is_initialized:  # The initializing call only sizes the cache.
+      keys_BxN = _target_keys(self.config, tgt_in_BxN, tgt_positions)
       key_valid_BxLxN.value = jax.lax.dynamic_update_slice(
-          key_valid_BxLxN.value, (tgt_in_BxN != self.config.pad_id)[:, None, :], (0, index, 0))
+          key_valid_BxLxN.value, (keys_BxN != self.config.pad_id)[:, None, :], (0, index, 0))
       position.value = index + 1
     return tgt_positions, slot_mask(beam_history_BxNxL, key_valid_BxLxN.value), index
+
+
+def _target_keys(cfg: TransformerConfig, tgt_in: Array, tgt_positions: Array) -> Array:
+  """`tgt_in` as attention keys: with `decoder_start_is_pad`, the pad_id that starts each
+  example (target position 0) is the start token, so it becomes -1, which no mask reads as
+  padding."""
+  if not cfg.decoder_start_is_pad:
+    return tgt_in
+  return jnp.where((tgt_in == cfg.pad_id) & (tgt_positions == 0), -1, tgt_in)
 
 
 class Transformer(nn.Module):

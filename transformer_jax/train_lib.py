@@ -1,4 +1,4 @@
-"""TrainState, the label-smoothed loss, pure train/eval steps, and the training loop."""
+"""The training loop: setup (data, model, state, compiled steps), train, log, evaluate, save."""
 
 from __future__ import annotations
 
@@ -16,92 +16,22 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax.training import train_state
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import experiment_config, monitoring, schedules, sharding
+from transformer_jax import experiment_config, monitoring, schedules, sharding, steps
 from transformer_jax import workdir as workdir_lib
 from transformer_jax.experiment_config import ExperimentConfig
 from transformer_jax.model import Transformer
 
-log = logging.getLogger(__name__)
+# The step API, re-exported: train_lib has long been where users import it from.
+from transformer_jax.steps import (TrainState, cross_entropy_loss, eval_step,  # noqa: F401
+                                   init_state, train_step)
 
-TrainState = train_state.TrainState
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss, gradients or state became NaN or infinite; no checkpoint holds them."""
-
-
-# ----------------------------------------------------------------------------- loss and steps
-
-
-def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
-                       label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """Sums over real tokens of the label-smoothed cross-entropy, the NLL and correct predictions.
-
-  The smoothed target puts 1 - eps on the label and eps spread uniformly over the vocabulary;
-  computed from integer labels, without materializing one-hot targets.
-  """
-  logits = logits_BxTxV.astype(jnp.float32)
-  max_logit = jnp.max(logits, axis=-1)
-  shifted = logits - jax.lax.stop_gradient(max_logit)[..., None]
-  log_z = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
-  target_logit = jnp.take_along_axis(shifted, targets_BxT[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
-  smooth = log_z - jnp.mean(shifted, axis=-1)
-  loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-  w = weights_BxT.astype(jnp.float32)
-  # "Correct" when the label's logit is the maximum: no second pass over [B, T, V] for an argmax.
-  correct = (target_logit >= 0.0).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(loss * w), "nll_sum": jnp.sum(nll * w),
-          "correct_sum": jnp.sum(correct * w), "num_tokens": jnp.sum(w)}
-
-
-def _model_inputs(batch):
-  return dict(src_segments=batch.get("src_segments"), tgt_segments=batch.get("tgt_segments"),
-              src_positions=batch.get("src_positions"), tgt_positions=batch.get("tgt_positions"))
-
-
-def _target_weights(batch):
-  return batch["tgt_out"] != 0  # pad_id is always 0.
-
-
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Transformer,
-               dropout_key: jax.Array, label_smoothing: float, schedule):
-  """One optimizer step on a (global) batch: `(state, batch) -> (state, metrics)`."""
-  rng = jax.random.fold_in(dropout_key, state.step)
-
-  def loss_fn(params):
-    logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], deterministic=False,
-                         rngs={"dropout": rng}, **_model_inputs(batch))
-    sums = cross_entropy_loss(logits, batch["tgt_out"], _target_weights(batch), label_smoothing)
-    return sums["loss_sum"] / jnp.maximum(sums["num_tokens"], 1.0), sums
-
-  grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads)
-  n = jnp.maximum(sums["num_tokens"], 1.0)
-  metrics = {"train_loss": sums["loss_sum"] / n, "train_nll": sums["nll_sum"] / n,
-             "train_accuracy": sums["correct_sum"] / n, "num_tokens": sums["num_tokens"],
-             "grad_norm": optax.tree_utils.tree_norm(grads),
-             "learning_rate": schedule(state.step + 1)}
-  return new_state, metrics
-
-
-def eval_step(params, batch: dict[str, jax.Array], *, model: Transformer,
-              label_smoothing: float) -> dict[str, jax.Array]:
-  """Loss sums on one batch, for averaging over the whole eval set."""
-  logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], deterministic=True,
-                       **_model_inputs(batch))
-  return cross_entropy_loss(logits, batch["tgt_out"], _target_weights(batch), label_smoothing)
-
-
-def init_state(rng: jax.Array, *, model: Transformer, tx) -> TrainState:
-  """Fresh parameters and optimizer state (shapes do not depend on the sequence length)."""
-  dummy = jnp.ones((1, 8), jnp.int32)
-  params = model.init(rng, dummy, dummy)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -175,16 +105,9 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
   log.info("Model: %s parameters; mesh %s over %d devices in %d processes.", f"{num_params:,}",
            dict(mesh.shape), jax.device_count(), jax.process_count())
 
-  replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  label_smoothing = config.optim.label_smoothing
-  p_train_step = jax.jit(
-      functools.partial(train_step, model=model, dropout_key=dropout_key,
-                        label_smoothing=label_smoothing, schedule=schedule),
-      in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, replicated),
-      donate_argnums=0)
-  p_eval_step = jax.jit(functools.partial(eval_step, model=model, label_smoothing=label_smoothing),
-                        in_shardings=(state_shardings.params, batch_sharding),
-                        out_shardings=replicated)
+  p_train_step, p_eval_step = steps.compile_steps(
+      config.parallelism, model=model, mesh=mesh, state_shardings=state_shardings,
+      dropout_key=dropout_key, label_smoothing=config.optim.label_smoothing, schedule=schedule)
   writer = monitoring.MetricsWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start_step)
   return Run(config, workdir, data, model, mesh, state, start_step, p_train_step, p_eval_step,

@@ -26,11 +26,13 @@ from transformer_jax.data.pipeline import (
     tokenize_split,
 )
 from transformer_jax.data.synthetic import synthetic_pairs, synthetic_splits
+from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.experiment_config import DataConfig
 
 __all__ = [
-    "BATCH_KEYS", "DataBundle", "DataConfig", "TokenizedSplit", "Tokenizer", "TrainIterator",
+    "BATCH_KEYS", "DataBundle", "DataConfig", "MarianTokenizer", "TokenizedSplit", "Tokenizer",
+    "TrainIterator",
     "create_datasets", "filter_pairs", "hub_to_pairs", "load_hub_split", "load_jsonl",
     "load_local_split", "load_parallel_files", "load_split", "load_tsv", "make_eval_batches",
     "make_example", "make_train_iterator", "pairs_to_dataset", "read_lines", "synthetic_pairs",

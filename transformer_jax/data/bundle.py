@@ -12,13 +12,25 @@ import numpy as np
 
 from transformer_jax.data import corpus as corpus_lib
 from transformer_jax.data import pipeline, synthetic
+from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.experiment_config import DataConfig
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.model"
+MARIAN_TOKENIZER_DIR = "marian_tokenizer"  # Written by import_marian.py.
 CACHE_DIR = "data_cache"
+
+
+def load_workdir_tokenizer(workdir: str) -> Tokenizer | MarianTokenizer | None:
+  """The tokenizer of a workdir: an imported Marian one (marian_tokenizer/), else the trained
+  tokenizer.model; None when it has neither yet."""
+  marian = os.path.join(workdir, MARIAN_TOKENIZER_DIR)
+  if os.path.isdir(marian):
+    return MarianTokenizer.load(marian)
+  path = os.path.join(workdir, TOKENIZER_FILE)
+  return Tokenizer.load(path) if os.path.exists(path) else None
 
 
 @dataclasses.dataclass
@@ -26,7 +38,7 @@ class DataBundle:
   """What `create_datasets` returns; its owner calls `close()` when training ends.
 
   Attributes:
-    tokenizer: The shared tokenizer (workdir/tokenizer.model).
+    tokenizer: The shared tokenizer (workdir/tokenizer.model, or an imported Marian one).
     train_iter: Infinite per-process training batches with get_state() / set_state().
     eval_sources: Raw source text of the eval examples, in eval order.
     eval_references: Raw target text of the same examples.
@@ -129,16 +141,16 @@ def _load_corpus(c: DataConfig):
   return name, train, eval_
 
 
-def _tokenizer(c: DataConfig, workdir: str, train) -> Tokenizer:
-  """workdir/tokenizer.model if present, else trained on both sides of the train split."""
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(path):
-    tok = Tokenizer.load(path)
-    log.info("Reusing the tokenizer %s (%d pieces).", path, tok.vocab_size)
-    if tok.vocab_size > c.vocab_size:
-      log.warning("%s has %d pieces but data.vocab_size=%d; delete it to retrain.", path,
+def _tokenizer(c: DataConfig, workdir: str, train) -> Tokenizer | MarianTokenizer:
+  """The workdir's tokenizer if present, else one trained on both sides of the train split."""
+  tok = load_workdir_tokenizer(workdir)
+  if tok is not None:
+    log.info("Reusing the tokenizer %s (%d pieces).", tok.path, tok.vocab_size)
+    if tok.vocab_size > c.vocab_size and isinstance(tok, Tokenizer):
+      log.warning("%s has %d pieces but data.vocab_size=%d; delete it to retrain.", tok.path,
                   tok.vocab_size, c.vocab_size)
     return tok
+  path = os.path.join(workdir, TOKENIZER_FILE)
   n = len(train)
   if 2 * n > c.tokenizer_max_sentences:  # A seeded sample of pairs, kept in corpus order.
     train = train.select(

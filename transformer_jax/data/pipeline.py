@@ -105,7 +105,7 @@ def tokenize_split(corpus, tokenizer: Tokenizer, cache_dir: str | None,
 
   def encode(batch):
     return {"src": _encode_texts(tokenizer, batch["source"]),
-            "tgt": _encode_texts(tokenizer, batch["target"])}
+            "tgt": _encode_texts(tokenizer, batch["target"], target=True)}
 
   features = datasets.Features({"src": datasets.Sequence(datasets.Value("int32")),
                                 "tgt": datasets.Sequence(datasets.Value("int32"))})
@@ -119,9 +119,10 @@ def tokenize_split(corpus, tokenizer: Tokenizer, cache_dir: str | None,
   return TokenizedSplit(src_values, src_offsets, tgt_values, tgt_offsets)
 
 
-def _encode_texts(tokenizer: Tokenizer, texts: Sequence[str | None]) -> list[list[int]]:
+def _encode_texts(tokenizer: Tokenizer, texts: Sequence[str | None], *,
+                  target: bool = False) -> list[list[int]]:
   texts = [(t or "").strip() for t in texts]
-  ids = tokenizer.encode_batch(texts)
+  ids = tokenizer.encode_batch(texts, target=target)
   return [x if t else [] for t, x in zip(texts, ids)]
 
 

@@ -136,12 +136,18 @@ class Tokenizer:
 
   # --------------------------------------------------------------------------- use
 
-  def encode(self, text: str) -> list[int]:
-    """Subword ids of `text`, without BOS or EOS."""
+  def encode(self, text: str, *, target: bool = False) -> list[int]:
+    """Subword ids of `text`, without BOS or EOS.
+
+    `target` says the text is in the target language; one model serves both sides here
+    (tokenizers with one model per side, like Marian's, use it).
+    """
+    del target  # One shared model.
     return self._sp.encode(text)
 
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+  def encode_batch(self, texts: Sequence[str], *, target: bool = False) -> list[list[int]]:
     """`encode` over many texts (in C++, faster than a Python loop)."""
+    del target  # One shared model.
     return self._sp.encode(list(texts))
 
   def decode(self, ids: Iterable[int]) -> str:

@@ -1,0 +1,144 @@
+"""benchmarks/train_benchmark.py, harness.py and profile_step.py: workloads, harness, profile.
+
+The recipe workload comes from configs/multi30k.py; packed batches look like the pipeline's;
+the harness gives a side its own environment and survives a failing side; the profile of a
+tiny train step has every kind of work and its shares add up to 100%.
+"""
+
+import dataclasses
+import pathlib
+import sys
+import threading
+from multiprocessing import Pipe
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import harness  # noqa: E402
+import profile_step  # noqa: E402
+import train_benchmark  # noqa: E402
+
+
+def test_recipe_workload_reads_the_config():
+  w = train_benchmark.make_workload("recipe")
+  assert (w.vocab, w.rows, w.length, w.packed) == (6000, 64, 64, True)
+  assert w.shape == train_benchmark.SHAPES["small"]  # 4+4 x 128, 4 heads, d_ff 512.
+  assert w.model["dropout_rate"] == 0.1 and w.model["attention_dropout_rate"] == 0.0
+  assert w.optim["weight_decay"] == 0.2 and w.optim["grad_clip_norm"] == 1.0
+  assert w.optim["label_smoothing"] == 0.1 and w.num_train_steps == 3000
+  base = train_benchmark.make_workload("base")
+  assert (base.vocab, base.rows, base.length, base.packed) == (8000, 32, 32, False)
+
+
+def test_packed_batch_is_laid_out_like_the_pipeline():
+  b = train_benchmark.packed_batch(vocab=500, rows=16, length=64, seed=3)
+  assert all(v.shape == (16, 64) and v.dtype == np.int32 for v in b.values())
+  assert ((b["src"] != 0) == (b["src_segments"] > 0)).all()
+  assert ((b["tgt_out"] != 0) == (b["tgt_segments"] > 0)).all()
+  assert ((b["tgt_in"] != 0) == (b["tgt_segments"] > 0)).all()
+  assert 0.9 < (b["tgt_out"] != 0).mean() < 0.97 and (b["tgt_segments"].max(1) >= 3).all()
+  for r in range(16):
+    for side in ("src", "tgt"):
+      seg, pos = b[f"{side}_segments"][r], b[f"{side}_positions"][r]
+      for s in range(1, seg.max() + 1):
+        at = np.flatnonzero(seg == s)
+        assert (np.diff(at) == 1).all() and (pos[at] == np.arange(len(at))).all()
+        if side == "tgt":  # BOS + target, target + EOS.
+          assert b["tgt_in"][r, at[0]] == 1 and b["tgt_out"][r, at[-1]] == 2
+          assert (b["tgt_in"][r, at[1:]] == b["tgt_out"][r, at[:-1]]).all()
+        else:
+          assert b["src"][r, at[-1]] == 2
+  assert train_benchmark.target_tokens(train_benchmark.make_workload("recipe")) > 3800
+
+
+def test_model_flops_count_source_and_target_slots():
+  shape = dict(d_model=8, num_heads=2, d_ff=16, num_encoder_layers=1, num_decoder_layers=1)
+  B, L, D, F, V = 2, 4, 8, 16, 10
+  enc = 2 * L * D * D * 4 + 2 * 2 * L * L * D + 2 * 2 * L * D * F
+  dec = enc + 2 * L * D * D * 4 + 2 * 2 * L * L * D
+  expected = 3 * B * (enc + dec + 2 * L * D * V)
+  assert train_benchmark.model_flops_per_step(shape, V, B, L) == expected
+
+
+def test_host_devices_env_replaces_the_device_count(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_foo=1")
+  env = harness.host_devices_env(2)
+  assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=2"]
+  harness.one_device_env()
+  import os
+  assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
+
+
+def _env_factory(fail_after: int):
+  import os
+  calls = []
+
+  def step():
+    calls.append(1)
+    if len(calls) > fail_after:
+      raise ValueError("boom\nsecond line")
+
+  return harness.Runner(info={"var": os.environ.get("BENCH_TEST_VAR")}, step=step)
+
+
+def test_worker_sets_its_env_and_reports_a_failing_step(monkeypatch):
+  monkeypatch.setenv("BENCH_TEST_VAR", "parent")  # Restored after the test.
+  parent, child = Pipe()
+  worker = threading.Thread(target=harness._serve,
+                            args=(child, _env_factory, {"fail_after": 2},
+                                  {"BENCH_TEST_VAR": "worker"}))
+  worker.start()
+  assert parent.recv()["info"] == {"var": "worker"}
+  parent.send(2)
+  assert len(parent.recv()["times"]) == 2
+  parent.send(1)
+  assert parent.recv() == {"error": "ValueError: boom ... second line"}
+  worker.join(timeout=10)
+  assert not worker.is_alive()
+
+
+def test_interleave_skips_a_failed_side():
+  class FakeSide:
+    def __init__(self, fail):
+      self.fail, self.error, self.calls = fail, None, 0
+
+    def run(self, n, record=True):
+      del record
+      self.calls += n
+      if self.fail:
+        self.error = "failed"
+
+  ok, bad = FakeSide(False), FakeSide(True)
+  harness.interleave([ok, bad], warmup=1, rounds=3, per_round=2)
+  assert (ok.calls, bad.calls) == (7, 1)
+
+
+def test_exclusive_and_busy_times():
+  ev = lambda op, ts, dur, tid=1: {"ts": ts, "dur": dur, "pid": 1, "tid": tid,
+                                   "args": {"hlo_op": op}}
+  ops = [ev("while", 0, 10), ev("body1", 1, 3), ev("body2", 5, 2), ev("other", 4, 8, tid=2)]
+  assert sorted(profile_step.exclusive_ops(ops)) == [
+      ("body1", 3), ("body2", 2), ("other", 8), ("while", 5)]
+  assert profile_step.busy_time(ops) == 12
+
+
+@pytest.fixture(scope="module")
+def tiny_profile():
+  w = train_benchmark.make_workload("recipe")
+  w = dataclasses.replace(w, name="tiny", vocab=97, rows=4, length=16, model=dict(
+      w.model, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1, num_decoder_layers=1))
+  return profile_step.profile_workload(w, steps=1, warmup=1, num_devices=1)
+
+
+def test_profile_has_every_kind_and_adds_up(tiny_profile):
+  p = tiny_profile
+  for kind in (profile_step.MATMUL, profile_step.VOCAB, profile_step.ATTENTION,
+               profile_step.LAYERNORM, profile_step.DROPOUT, profile_step.OPTIMIZER,
+               profile_step.HOST):
+    assert p.kinds.get(kind, 0.0) > 0.0, (kind, p.kinds)
+  assert sum(p.shares().values()) == pytest.approx(1.0, abs=1e-6)
+  roles = {role for g in p.matmuls.values() for role in g.roles}
+  assert {"vocabulary projection fwd", "vocabulary projection bwd", "FFN wi fwd",
+          "attention QK/PV fwd"} <= roles, roles
+  assert "matmul 64x32 . 32x97" in profile_step.format_profile(p)

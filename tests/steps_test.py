@@ -1,0 +1,170 @@
+"""The loss, and the train / eval steps in both parallel modes (jit and shard_map)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_jax import schedules, sharding
+from transformer_jax import steps as steps_lib
+from transformer_jax.config import TransformerConfig
+from transformer_jax.experiment_config import OptimConfig
+from transformer_jax.model import Transformer
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_loss_ignores_padding_and_matches_one_hot_smoothing():
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32)
+  targets = jnp.asarray([[3, 4, 5, 0, 0], [1, 2, 3, 4, 6]])
+  weights = targets != 0
+  eps = 0.1
+  sums = steps_lib.cross_entropy_loss(logits, targets, weights, eps)
+  logp = jax.nn.log_softmax(logits)
+  soft = (1 - eps) * jax.nn.one_hot(targets, 7) + eps / 7
+  expected = -(soft * logp).sum(-1)
+  np.testing.assert_allclose(sums["loss_sum"], (expected * weights).sum(), rtol=1e-5)
+  assert float(sums["num_tokens"]) == 8
+  # Changing logits at padded positions changes nothing.
+  other = logits.at[0, 3:].set(100.0)
+  np.testing.assert_allclose(steps_lib.cross_entropy_loss(other, targets, weights, eps)["loss_sum"],
+                             sums["loss_sum"], rtol=1e-6)
+
+
+def test_loss_nll_and_accuracy_match_the_plain_formulas():
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(4, 6, 11)) * 3, jnp.float32)
+  targets = jnp.asarray(rng.integers(1, 11, size=(4, 6)))
+  targets = targets.at[:, 0].set(jnp.argmax(logits[:, 0], axis=-1))  # Some surely correct.
+  weights = (targets != 0).at[1, 4:].set(False)
+  sums = steps_lib.cross_entropy_loss(logits, targets, weights, 0.1)
+  logp = jax.nn.log_softmax(logits)
+  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  correct = jnp.argmax(logits, axis=-1) == targets
+  np.testing.assert_allclose(sums["nll_sum"], (nll * weights).sum(), rtol=1e-5)
+  assert float(sums["correct_sum"]) == float((correct & weights).sum()) >= 4
+  # Large logits stay finite (the max is subtracted before exp).
+  big = steps_lib.cross_entropy_loss(logits * 1e4, targets, weights, 0.1)
+  assert all(np.isfinite(float(v)) for v in big.values())
+
+
+# ----------------------------------------------------------------------------- train step
+
+
+def _optim(**overrides):
+  return OptimConfig(**{"schedule": "rsqrt", "warmup_steps": 2, "peak_learning_rate": 1e-2,
+                        **overrides})
+
+
+def _batch(batch_size=8, length=6, seed=0):
+  rng = np.random.default_rng(seed)
+  src = rng.integers(3, 40, size=(batch_size, length)).astype(np.int32)
+  tgt = rng.integers(3, 40, size=(batch_size, length)).astype(np.int32)
+  src[::2, -2:] = 0
+  tgt[::3, -3:] = 0
+  tgt_in = np.concatenate([np.ones((batch_size, 1), np.int32), tgt[:, :-1]], axis=1)
+  tgt_in[tgt == 0] = 0
+  return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
+
+
+def _one_step(devices, optim, steps=1, fsdp=False, parallelism="jit", evaluate=False,
+              **overrides):
+  config = TransformerConfig.tiny(40, attention_dropout_rate=0.1, **overrides)
+  model = Transformer(config)
+  tx, schedule = schedules.create_optimizer(optim, d_model=32, num_train_steps=10)
+  mesh = sharding.create_mesh(devices)
+  init = functools.partial(steps_lib.init_state, model=model, tx=tx)
+  abstract = jax.eval_shape(init, jax.random.key(0))
+  shardings = sharding.state_shardings(abstract, mesh, fsdp=fsdp)
+  state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+  step_fn, eval_fn = steps_lib.compile_steps(
+      parallelism, model=model, mesh=mesh, state_shardings=shardings,
+      dropout_key=jax.random.key(1), label_smoothing=0.1, schedule=schedule)
+  for i in range(steps):
+    state, metrics = step_fn(state, sharding.global_batch(_batch(seed=i), mesh))
+  if evaluate:
+    metrics["eval"] = eval_fn(state.params, sharding.global_batch(_batch(seed=99), mesh))
+  return state, metrics
+
+
+def test_multi_device_step_equals_single_device_step():
+  assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
+  # Adam's first updates are ~lr * sign(g); eps 1e-3 keeps near-zero gradients (whose sign
+  # is float rounding) from turning summation-order noise into lr-sized differences.
+  one, m1 = _one_step(jax.devices()[:1], _optim(eps=1e-3), steps=2)
+  eight, m8 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2)
+  leaf = jax.tree.leaves(eight.params)[0]
+  assert len(leaf.sharding.device_set) == 8
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(eight.params)):
+    np.testing.assert_allclose(a, b, atol=1e-5)
+  np.testing.assert_allclose(m1["train_loss"], m8["train_loss"], rtol=1e-5)
+  assert int(eight.step) == 2
+
+
+def test_gradient_accumulation_and_clipping_run():
+  state, metrics = _one_step(jax.devices()[:1], _optim(grad_accum_steps=2, grad_clip_norm=0.5),
+                             steps=2)
+  assert int(state.step) == 2 and np.isfinite(metrics["train_loss"])
+
+
+def test_fsdp_shards_large_parameters_and_matches_replicated():
+  mesh = sharding.create_mesh()
+  assert sharding.fsdp_spec((40000, 512), mesh) == jax.sharding.PartitionSpec("data", None)
+  assert sharding.fsdp_spec((512,), mesh) == jax.sharding.PartitionSpec()
+  # d_ff 512: the feed-forward kernels (32 x 512) reach the size threshold and are sharded.
+  replicated, m1 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, d_ff=512)
+  sharded, m2 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, fsdp=True, d_ff=512)
+  kernel = sharded.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+  assert len(kernel.addressable_shards[0].data.shape) == 2
+  assert kernel.addressable_shards[0].data.shape[1] == 512 // 8
+  mu = sharded.opt_state[0][0].mu["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+  assert mu.sharding.spec == jax.sharding.PartitionSpec(None, "data")  # Optimizer state too.
+  for a, b in zip(jax.tree.leaves(replicated.params), jax.tree.leaves(sharded.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- shard_map
+
+
+@pytest.mark.parametrize("fsdp, optim", [(False, {}), (False, {"grad_accum_steps": 2}),
+                                         (True, {"grad_clip_norm": 0.5})],
+                         ids=["replicated", "accumulation", "fsdp-clipping"])
+def test_shard_map_step_equals_jit_step(fsdp, optim):
+  # Dropout and attention dropout are on: the masks follow the global row (dropout.py), so
+  # the two modes see the same ones. d_ff 512 makes the FFN kernels big enough for FSDP.
+  kwargs = dict(steps=2, fsdp=fsdp, d_ff=512, evaluate=True)
+  jit_state, m1 = _one_step(jax.devices(), _optim(eps=1e-3, **optim), **kwargs)
+  sm_state, m2 = _one_step(jax.devices(), _optim(eps=1e-3, **optim), parallelism="shard_map",
+                           **kwargs)
+  if fsdp:
+    kernel = sm_state.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+  for a, b in zip(jax.tree.leaves(jit_state.params), jax.tree.leaves(sm_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  for name in ("train_loss", "grad_norm", "num_tokens"):
+    np.testing.assert_allclose(m1[name], m2[name], rtol=1e-5)
+  for name, value in m1["eval"].items():
+    np.testing.assert_allclose(value, m2["eval"][name], rtol=1e-5)
+
+
+def test_shard_map_step_is_written_with_explicit_collectives():
+  model = Transformer(TransformerConfig.tiny(40, d_ff=512))
+  mesh = sharding.create_mesh()
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                                             jnp.ones((1, 8), jnp.int32))["params"])
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _batch())
+  for fsdp, expected in ((False, ["psum"]), (True, ["all_gather", "psum", "reduce_scatter"])):
+    specs = jax.tree.map(lambda x: sharding.fsdp_spec(x.shape, mesh) if fsdp
+                         else jax.sharding.PartitionSpec(), params)
+    jaxpr = str(jax.make_jaxpr(functools.partial(
+        steps_lib.shard_map_grads, model=model, label_smoothing=0.1, mesh=mesh,
+        param_specs=specs))(params, batch, jax.random.key(1)))
+    assert "shard_map" in jaxpr
+    for primitive in expected:
+      assert primitive in jaxpr, primitive
