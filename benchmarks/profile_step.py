@@ -188,7 +188,9 @@ def matmul_label(hlo: Hlo, dot: Instr, vocab: int) -> tuple[str, str, float]:
     role = "vocabulary projection"
   elif role == "other" and batch > 1:
     role = "attention QK/PV"
-  direction = "bwd" if "transpose(" in s else "fwd"
+  # The fused loss (losses.projected_cross_entropy) computes its gradient in a named scope.
+  fused_grad = "projected_cross_entropy" in s and "/backward/" in s
+  direction = "bwd" if "transpose(" in s or fused_grad else "fwd"
   return shape, f"{role} {direction}", 2.0 * batch * m * n * k
 
 
@@ -212,6 +214,7 @@ def instr_kind(ins: Instr, hlo: Hlo, vocab: int) -> str | None:
   if s and "jvp(" not in s and "transpose(" not in s:
     return OPTIMIZER  # Outside the gradient: the update, clipping and the metrics.
   if vocab in ins.dims or "attend" in s or "output_projection" in s \
+      or "projected_cross_entropy" in s \
       or re.match(r"(transpose\()?jvp\(\)", s):
     return VOCAB  # The loss is outside any module: jvp() / transpose(jvp()).
   if ins.opcode in _LAYOUT:

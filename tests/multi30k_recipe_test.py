@@ -6,6 +6,7 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--config.num_train_steps=10 --config.checkpoint_every_steps=2 --config.eval_every_steps=10"
+        " --config.eval_bleu_examples=32"
         " --config.log_every_steps=5 --config.model.d_model=32 --config.model.d_ff=64"
         " --config.model.num_heads=2 --config.model.num_encoder_layers=1"
         " --config.model.num_decoder_layers=1 --config.data.vocab_size=1000")

@@ -1,4 +1,4 @@
-"""The loss, and the train / eval steps in both parallel modes (jit and shard_map)."""
+"""The train / eval steps in both parallel modes (jit and shard_map), fused and plain loss."""
 
 import functools
 
@@ -12,44 +12,6 @@ from transformer_jax import steps as steps_lib
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import OptimConfig
 from transformer_jax.model import Transformer
-
-
-# ----------------------------------------------------------------------------- loss
-
-
-def test_loss_ignores_padding_and_matches_one_hot_smoothing():
-  rng = np.random.default_rng(0)
-  logits = jnp.asarray(rng.normal(size=(2, 5, 7)), jnp.float32)
-  targets = jnp.asarray([[3, 4, 5, 0, 0], [1, 2, 3, 4, 6]])
-  weights = targets != 0
-  eps = 0.1
-  sums = steps_lib.cross_entropy_loss(logits, targets, weights, eps)
-  logp = jax.nn.log_softmax(logits)
-  soft = (1 - eps) * jax.nn.one_hot(targets, 7) + eps / 7
-  expected = -(soft * logp).sum(-1)
-  np.testing.assert_allclose(sums["loss_sum"], (expected * weights).sum(), rtol=1e-5)
-  assert float(sums["num_tokens"]) == 8
-  # Changing logits at padded positions changes nothing.
-  other = logits.at[0, 3:].set(100.0)
-  np.testing.assert_allclose(steps_lib.cross_entropy_loss(other, targets, weights, eps)["loss_sum"],
-                             sums["loss_sum"], rtol=1e-6)
-
-
-def test_loss_nll_and_accuracy_match_the_plain_formulas():
-  rng = np.random.default_rng(1)
-  logits = jnp.asarray(rng.normal(size=(4, 6, 11)) * 3, jnp.float32)
-  targets = jnp.asarray(rng.integers(1, 11, size=(4, 6)))
-  targets = targets.at[:, 0].set(jnp.argmax(logits[:, 0], axis=-1))  # Some surely correct.
-  weights = (targets != 0).at[1, 4:].set(False)
-  sums = steps_lib.cross_entropy_loss(logits, targets, weights, 0.1)
-  logp = jax.nn.log_softmax(logits)
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  correct = jnp.argmax(logits, axis=-1) == targets
-  np.testing.assert_allclose(sums["nll_sum"], (nll * weights).sum(), rtol=1e-5)
-  assert float(sums["correct_sum"]) == float((correct & weights).sum()) >= 4
-  # Large logits stay finite (the max is subtracted before exp).
-  big = steps_lib.cross_entropy_loss(logits * 1e4, targets, weights, 0.1)
-  assert all(np.isfinite(float(v)) for v in big.values())
 
 
 # ----------------------------------------------------------------------------- train step
@@ -105,28 +67,27 @@ def test_multi_device_step_equals_single_device_step():
   assert int(eight.step) == 2
 
 
+def test_fused_loss_step_equals_plain_loss_step():
+  model = Transformer(TransformerConfig.tiny(40, logits_bias=True))
+  tx, schedule = schedules.create_optimizer(_optim(eps=1e-3), d_model=32, num_train_steps=10)
+  state = steps_lib.init_state(jax.random.key(0), model=model, tx=tx)
+  out = {}
+  for fused in (True, False):
+    step = jax.jit(functools.partial(steps_lib.train_step, model=model,
+                                     dropout_key=jax.random.key(1), label_smoothing=0.1,
+                                     schedule=schedule, fused_loss=fused))
+    out[fused] = step(state, _batch())
+  (fused_state, m1), (plain_state, m2) = out[True], out[False]
+  for name in ("train_loss", "train_nll", "train_accuracy", "grad_norm", "num_tokens"):
+    np.testing.assert_allclose(m1[name], m2[name], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(fused_state.params), jax.tree.leaves(plain_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
 def test_gradient_accumulation_and_clipping_run():
   state, metrics = _one_step(jax.devices()[:1], _optim(grad_accum_steps=2, grad_clip_norm=0.5),
                              steps=2)
   assert int(state.step) == 2 and np.isfinite(metrics["train_loss"])
-
-
-def test_fsdp_shards_large_parameters_and_matches_replicated():
-  mesh = sharding.create_mesh()
-  assert sharding.fsdp_spec((40000, 512), mesh) == jax.sharding.PartitionSpec("data", None)
-  assert sharding.fsdp_spec((512,), mesh) == jax.sharding.PartitionSpec()
-  # d_ff 512: the feed-forward kernels (32 x 512) reach the size threshold and are sharded.
-  replicated, m1 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, d_ff=512)
-  sharded, m2 = _one_step(jax.devices(), _optim(eps=1e-3), steps=2, fsdp=True, d_ff=512)
-  kernel = sharded.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
-  assert len(kernel.addressable_shards[0].data.shape) == 2
-  assert kernel.addressable_shards[0].data.shape[1] == 512 // 8
-  mu = sharded.opt_state[0][0].mu["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
-  assert mu.sharding.spec == jax.sharding.PartitionSpec(None, "data")  # Optimizer state too.
-  for a, b in zip(jax.tree.leaves(replicated.params), jax.tree.leaves(sharded.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
-  np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- shard_map
@@ -136,15 +97,23 @@ def test_fsdp_shards_large_parameters_and_matches_replicated():
                                          (True, {"grad_clip_norm": 0.5})],
                          ids=["replicated", "accumulation", "fsdp-clipping"])
 def test_shard_map_step_equals_jit_step(fsdp, optim):
-  # Dropout and attention dropout are on: the masks follow the global row (dropout.py), so
-  # the two modes see the same ones. d_ff 512 makes the FFN kernels big enough for FSDP.
-  kwargs = dict(steps=2, fsdp=fsdp, d_ff=512, evaluate=True)
+  # The reference is always the replicated jit step, so the FSDP case also checks that FSDP
+  # changes nothing. Dropout and attention dropout are on: the masks follow the global row
+  # (dropout.py), so both modes see the same ones. d_ff 512 makes the FFN kernels big enough
+  # to be sharded.
+  kwargs = dict(steps=2, d_ff=512, evaluate=True)
   jit_state, m1 = _one_step(jax.devices(), _optim(eps=1e-3, **optim), **kwargs)
   sm_state, m2 = _one_step(jax.devices(), _optim(eps=1e-3, **optim), parallelism="shard_map",
-                           **kwargs)
+                           fsdp=fsdp, **kwargs)
   if fsdp:
+    mesh = sharding.create_mesh()
+    assert sharding.fsdp_spec((40000, 512), mesh) == jax.sharding.PartitionSpec("data", None)
+    assert sharding.fsdp_spec((512,), mesh) == jax.sharding.PartitionSpec()
     kernel = sm_state.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+    assert kernel.addressable_shards[0].data.shape == (32, 512 // 8)
+    mu = sm_state.opt_state[1][0].mu["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+    assert mu.sharding.spec == jax.sharding.PartitionSpec(None, "data")  # Optimizer state too.
   for a, b in zip(jax.tree.leaves(jit_state.params), jax.tree.leaves(sm_state.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   for name in ("train_loss", "grad_norm", "num_tokens"):

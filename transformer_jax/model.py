@@ -264,7 +264,7 @@ class Decoder(nn.Module):
   def __call__(self, encoded: Array, src: Array, tgt_in: Array, *, deterministic: bool = True,
                src_segments: Array | None = None, tgt_segments: Array | None = None,
                tgt_positions: Array | None = None, decode: bool = False,
-               beam_history: Array | None = None) -> Array:
+               beam_history: Array | None = None, return_hidden: bool = False):
     cfg = self.config
     embed = self.embed if self.embed is not None else SharedEmbedding(cfg, name="tgt_embedding")
     position = None  # The self-attention caches' write position, with decode=True.
@@ -285,15 +285,21 @@ class Decoder(nn.Module):
     if cfg.pre_norm:
       y = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                        param_dtype=cfg.param_dtype, name="final_norm")(y)
+    bias_V = None
+    if cfg.logits_bias:
+      bias_V = self.param("logits_bias", nn.initializers.zeros, (cfg.vocab_size,),
+                          jnp.dtype(cfg.param_dtype))
+    if return_hidden:  # For a loss fused with the projection (losses.projected_cross_entropy).
+      if not cfg.share_embeddings:
+        raise ValueError("return_hidden needs share_embeddings=True (the tied projection).")
+      return y, embed.embedding, bias_V
     if cfg.share_embeddings:
       logits_BxTxV = embed.attend(y)
     else:
       logits_BxTxV = nn.Dense(cfg.vocab_size, use_bias=False, kernel_init=dense_init,
                               dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype,
                               name="output_projection")(y).astype(jnp.float32)
-    if cfg.logits_bias:
-      bias_V = self.param("logits_bias", nn.initializers.zeros, (cfg.vocab_size,),
-                          jnp.dtype(cfg.param_dtype))
+    if bias_V is not None:
       logits_BxTxV = logits_BxTxV + bias_V.astype(jnp.float32)
     return logits_BxTxV
 
@@ -384,13 +390,20 @@ class Transformer(nn.Module):
 
   def __call__(self, src: Array, tgt_in: Array, *, deterministic: bool = True,
                src_segments: Array | None = None, tgt_segments: Array | None = None,
-               src_positions: Array | None = None, tgt_positions: Array | None = None) -> Array:
-    """Source `[B, S]` and shifted target `[B, T]` -> float32 logits `[B, T, V]`."""
+               src_positions: Array | None = None, tgt_positions: Array | None = None,
+               return_hidden: bool = False):
+    """Source `[B, S]` and shifted target `[B, T]` -> float32 logits `[B, T, V]`.
+
+    With `return_hidden=True` (tied embeddings only): `(hidden [B, T, D], projection [V, D],
+    logits bias [V] or None)` instead, logits = hidden @ projection.T + bias, for a loss fused
+    with the projection (`losses.projected_cross_entropy`).
+    """
     encoded = self.encode(src, deterministic=deterministic, src_segments=src_segments,
                           src_positions=src_positions)
-    return self.decode(encoded, src, tgt_in, deterministic=deterministic,
-                       src_segments=src_segments, tgt_segments=tgt_segments,
-                       tgt_positions=tgt_positions)
+    _check_tokens("tgt_in", tgt_in, self.config)
+    return self.decoder(encoded, src, tgt_in, deterministic=deterministic,
+                        src_segments=src_segments, tgt_segments=tgt_segments,
+                        tgt_positions=tgt_positions, return_hidden=return_hidden)
 
 
 def init_cache(model: Transformer, params, encoded_BxSxD: Array, src_BxS: Array,

@@ -1,4 +1,4 @@
-"""The label-smoothed loss and the pure train / eval steps, in both parallel modes.
+"""The pure train / eval steps, in both parallel modes.
 
 `parallelism="jit"` (the default): the steps are written for the global batch and compiled
 with `jax.jit` and `NamedSharding`s; XLA inserts the collectives. `parallelism="shard_map"`:
@@ -21,33 +21,12 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
 from transformer_jax import sharding
+from transformer_jax.losses import cross_entropy_loss, projected_cross_entropy
 from transformer_jax.experiment_config import PARALLELISMS
 from transformer_jax.model import Transformer
 from transformer_jax.sharding import DATA_AXIS
 
 TrainState = train_state.TrainState
-
-
-def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
-                       label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """Sums over real tokens of the label-smoothed cross-entropy, the NLL and correct predictions.
-
-  The smoothed target puts 1 - eps on the label and eps spread uniformly over the vocabulary;
-  computed from integer labels, without materializing one-hot targets.
-  """
-  logits = logits_BxTxV.astype(jnp.float32)
-  max_logit = jnp.max(logits, axis=-1)
-  shifted = logits - jax.lax.stop_gradient(max_logit)[..., None]
-  log_z = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1))
-  target_logit = jnp.take_along_axis(shifted, targets_BxT[..., None], axis=-1)[..., 0]
-  nll = log_z - target_logit
-  smooth = log_z - jnp.mean(shifted, axis=-1)
-  loss = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-  w = weights_BxT.astype(jnp.float32)
-  # "Correct" when the label's logit is the maximum: no second pass over [B, T, V] for an argmax.
-  correct = (target_logit >= 0.0).astype(jnp.float32)
-  return {"loss_sum": jnp.sum(loss * w), "nll_sum": jnp.sum(nll * w),
-          "correct_sum": jnp.sum(correct * w), "num_tokens": jnp.sum(w)}
 
 
 def _model_inputs(batch):
@@ -56,11 +35,20 @@ def _model_inputs(batch):
 
 
 def _loss_sums(params, batch, *, model: Transformer, label_smoothing: float,
-               rng: jax.Array | None = None) -> dict[str, jax.Array]:
-  """Loss sums of `model` on `batch` (training mode with dropout when `rng` is given)."""
-  logits = model.apply({"params": params}, batch["src"], batch["tgt_in"],
-                       deterministic=rng is None, rngs=None if rng is None else {"dropout": rng},
-                       **_model_inputs(batch))
+               rng: jax.Array | None = None, fused_loss: bool = False) -> dict[str, jax.Array]:
+  """Loss sums of `model` on `batch` (training mode with dropout when `rng` is given).
+
+  `fused_loss` (tied embeddings only): the output projection and the loss run fused and
+  chunked (`losses.projected_cross_entropy`), never materializing the `[B, T, V]` logits.
+  """
+  kwargs = dict(deterministic=rng is None, rngs=None if rng is None else {"dropout": rng},
+                **_model_inputs(batch))
+  if fused_loss and model.config.share_embeddings:
+    hidden, projection, bias = model.apply({"params": params}, batch["src"], batch["tgt_in"],
+                                           return_hidden=True, **kwargs)
+    return projected_cross_entropy(hidden, projection, bias, batch["tgt_out"],
+                                   _target_weights(batch), label_smoothing)
+  logits = model.apply({"params": params}, batch["src"], batch["tgt_in"], **kwargs)
   return cross_entropy_loss(logits, batch["tgt_out"], _target_weights(batch), label_smoothing)
 
 
@@ -82,12 +70,17 @@ def _apply_update(state: TrainState, grads, sums, schedule) -> tuple[TrainState,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Transformer,
-               dropout_key: jax.Array, label_smoothing: float, schedule):
-  """One optimizer step on a (global) batch: `(state, batch) -> (state, metrics)`."""
+               dropout_key: jax.Array, label_smoothing: float, schedule,
+               fused_loss: bool = True):
+  """One optimizer step on a (global) batch: `(state, batch) -> (state, metrics)`.
+
+  `fused_loss=False` computes the loss on materialized logits (the plain path; same result).
+  """
   rng = jax.random.fold_in(dropout_key, state.step)
 
   def loss_fn(params):
-    sums = _loss_sums(params, batch, model=model, label_smoothing=label_smoothing, rng=rng)
+    sums = _loss_sums(params, batch, model=model, label_smoothing=label_smoothing, rng=rng,
+                      fused_loss=fused_loss)
     return sums["loss_sum"] / jnp.maximum(sums["num_tokens"], 1.0), sums
 
   grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -149,7 +142,8 @@ def shard_map_grads(params, batch, rng, *, model: Transformer, label_smoothing: 
     num_tokens = jax.lax.psum(jnp.sum(_target_weights(rows).astype(jnp.float32)), DATA_AXIS)
 
     def loss_fn(params):
-      sums = _loss_sums(params, rows, model=model, label_smoothing=label_smoothing, rng=rng)
+      sums = _loss_sums(params, rows, model=model, label_smoothing=label_smoothing, rng=rng,
+                        fused_loss=True)
       return sums["loss_sum"] / jnp.maximum(num_tokens, 1.0), sums
 
     grads, sums = jax.grad(loss_fn, has_aux=True)(_gather(params_shard, param_specs))
