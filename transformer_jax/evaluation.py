@@ -121,6 +121,23 @@ def bucket_length(length: int, minimum: int = 16) -> int:
     power *= 2
 
 
+def _check_translate_args(config, tokenizer, lines, beam_size, batch_tokens, beam_convention):
+  """One clear ValueError for an argument `translate` cannot use."""
+  for name in ("pad_id", "bos_id", "eos_id"):
+    value = getattr(tokenizer, name, None)
+    value = value() if callable(value) else value
+    if value != getattr(config, name):
+      raise ValueError(f"tokenizer.{name}={value!r} but the model's TransformerConfig.{name}="
+                       f"{getattr(config, name)}; use the tokenizer the model was trained with.")
+  require_int("batch_tokens", batch_tokens, minimum=1)
+  require_int("beam_size", beam_size, minimum=1)
+  if beam_convention not in decoding.CONVENTIONS:
+    raise ValueError(f"beam_convention={beam_convention!r} is not one of "
+                     f"{decoding.CONVENTIONS}.")
+  if isinstance(lines, str):
+    raise ValueError("lines must be a list of sentences, not one string.")
+
+
 def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: Sequence[str], *,
               beam_size: int = 4, alpha: float = 0.6, max_len: int | None = None,
               min_len: int = 0, batch_tokens: int = 4096, beam_convention: str = "gnmt",
@@ -151,20 +168,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
     One translation per line.
   """
   config = model.config
-  for name in ("pad_id", "bos_id", "eos_id"):
-    value = getattr(tokenizer, name, None)
-    value = value() if callable(value) else value
-    if value != getattr(config, name):
-      raise ValueError(f"tokenizer.{name}={value!r} but the model's TransformerConfig.{name}="
-                       f"{getattr(config, name)}; use the tokenizer the model was trained with.")
-  require_int("batch_tokens", batch_tokens, minimum=1)
-  require_int("beam_size", beam_size, minimum=1)
-  if beam_convention not in decoding.CONVENTIONS:
-    raise ValueError(f"beam_convention={beam_convention!r} is not one of "
-                     f"{decoding.CONVENTIONS}.")
-  if isinstance(lines, str):
-    raise ValueError("lines must be a list of sentences, not one string.")
-
+  _check_translate_args(config, tokenizer, lines, beam_size, batch_tokens, beam_convention)
   outputs = [""] * len(lines)
   todo = [i for i, line in enumerate(lines) if line.strip()]
   encode = getattr(tokenizer, "encode_batch", None)
