@@ -32,7 +32,9 @@ Each side runs in its own worker process (peak RSS is per side; it includes the 
 shown apart), and timed blocks alternate between them. Reported per side: target tokens/s (real,
 non-padding target tokens / median step), the ratio to torch eager, achieved GFLOP/s
 (`model_flops_per_step`, analytic) and its share of a float32 matmul peak measured in the same
-run (`matmul_peak`, in the `ours` worker), compile time, peak RSS.
+run (`matmul_peak`, in the `ours` worker), compile time, peak RSS. Per shape, the matmul-only
+bound (`matmul_ceiling.py`, in the `ours` worker): the one-device step's dots timed alone, each
+at its best, summed; the share of the peak and the ratio to torch eager no step could beat.
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ def ours_factory(w: Workload, measure_peak: bool = True):
           "loss": float(metrics["train_loss"]), "devices": jax.device_count(),
           "rss_import_mib": rss_import}
   if measure_peak:
+    import matmul_ceiling
     info["matmul_peak"] = matmul_peak()
+    info["matmul_bound_s"] = matmul_ceiling.measure(ours.compiled.as_text()).seconds
   return harness.Runner(info=info, step=ours.run)
 
 
@@ -446,6 +450,16 @@ def report_rows(w: Workload, sides, failed: dict) -> tuple[list[list], str]:
       share, ratio = TARGETS[w.name]
       met = flops / best.median / peak >= share and eager and eager.median / best.median >= ratio
       summary += f" (target >= {share:.0%} and >= {ratio}x: {'met' if met else 'not met'})"
+  bound = sides[0].info.get("matmul_bound_s")
+  if bound:  # matmul_ceiling.py: the step's dots alone, each at its best; nothing can beat it.
+    summary += (f"\n  matmul-only bound (the step's dots alone, each at its best, "
+                f"matmul_ceiling.py): {bound * 1e3:,.0f} ms = at most {flops / bound / peak:.0%} "
+                "of the peak")
+    if eager is not None:
+      summary += f", at most {eager.median / bound:.2f}x torch eager"
+    if w.name in TARGETS and (flops / bound / peak < TARGETS[w.name][0]
+                              or (eager and eager.median / bound < TARGETS[w.name][1])):
+      summary += " (a target is above this bound: out of reach with XLA's CPU matmuls)"
   return rows, summary
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from transformer_jax import MultiHeadAttention, TransformerConfig
-from transformer_jax.attention import (causal_mask, make_attention_mask, padding_mask,
-                                       plain_attention, segment_mask, slot_mask)
+from transformer_jax.attention import (_resolve_attention_impl, causal_mask,
+                                       make_attention_mask, padding_mask, plain_attention,
+                                       segment_mask, slot_mask)
 
 CONFIG = TransformerConfig.tiny(40)
 SRC = np.array([[5, 6, 7, 8, 9, 0, 0], [10, 11, 12, 13, 14, 15, 16]], np.int32)
@@ -55,13 +56,20 @@ def test_plain_attention_masks_fully_padded_rows_without_nan():
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_fused_attention_equals_plain_attention(causal):
-  attention = MultiHeadAttention(CONFIG)
+  attention = MultiHeadAttention(CONFIG.replace(attention_impl="xla"))
   x = jax.random.normal(jax.random.key(0), (2, 7, CONFIG.d_model))
   mask = make_attention_mask(SRC, SRC, causal=causal)
   params = attention.init(jax.random.key(1), x, x, mask)
   fused = attention.apply(params, x, x, mask)
   plain = MultiHeadAttention(CONFIG.replace(attention_impl="plain")).apply(params, x, x, mask)
   np.testing.assert_allclose(fused, plain, atol=1e-5)
+
+
+def test_auto_attention_is_the_heads_first_plain_path_on_cpu():
+  # On XLA CPU the heads-first batched matmuls beat jax.nn.dot_product_attention's layout.
+  assert jax.default_backend() == "cpu"
+  assert _resolve_attention_impl(CONFIG) == "plain"
+  assert _resolve_attention_impl(CONFIG.replace(attention_impl="xla")) == "xla"
 
 
 def test_plain_path_sows_attention_weights_that_sum_to_one():

@@ -1,4 +1,4 @@
-"""benchmarks/train_benchmark.py, harness.py and profile_step.py: workloads, harness, profile.
+"""benchmarks/train_benchmark.py, harness.py, profile_step.py and matmul_ceiling.py.
 
 The recipe workload comes from configs/multi30k.py; packed batches look like the pipeline's;
 the harness gives a side its own environment and survives a failing side; the profile of a
@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import harness  # noqa: E402
+import matmul_ceiling  # noqa: E402
 import profile_step  # noqa: E402
 import train_benchmark  # noqa: E402
 
@@ -142,3 +143,25 @@ def test_profile_has_every_kind_and_adds_up(tiny_profile):
   assert {"vocabulary projection fwd", "vocabulary projection bwd", "FFN wi fwd",
           "attention QK/PV fwd"} <= roles, roles
   assert "matmul 64x32 . 32x97" in profile_step.format_profile(p)
+
+
+def test_matmul_ceiling_counts_every_executed_dot():
+  import jax
+  import jax.numpy as jnp
+
+  def f(x, w):  # 3 scanned matmuls, one batched einsum; the gradient doubles both.
+    y, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w), None), x, None, length=3)
+    return jnp.einsum("bij,bkj->bik", y[None].repeat(2, 0), y[None].repeat(2, 0)).sum()
+
+  x, w = jnp.ones((16, 8)), jnp.ones((8, 8))
+  text = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, w).compile().as_text()
+  counts = matmul_ceiling.executed_dots(text)
+  shape = matmul_ceiling.DotShape
+  # Forward and input gradient: 3 + 3 of [16, 8] . [8, 8]; weight gradient: 3 of [8, 16] . [16, 8].
+  assert counts[shape(1, 16, 8, 8)] == 6 and counts[shape(1, 8, 16, 8)] == 3
+  assert sum(n for s, n in counts.items() if s.batch == 2) == 2
+  c = matmul_ceiling.Ceiling({s: (n, 1e-6) for s, n in counts.items()})
+  assert c.seconds == pytest.approx(1e-6 * sum(counts.values()))
+  assert c.flops == sum(n * s.flops for s, n in counts.items())
+  assert "**all dots**" in matmul_ceiling.format_ceiling(c, peak=1e11)
+  assert 0 < matmul_ceiling.time_dot(shape(2, 16, 8, 8), repeats=2) < 1.0

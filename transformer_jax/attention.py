@@ -82,22 +82,24 @@ def slot_mask(beam_history_BxNxL: Array, key_valid_BxLxN: Array) -> Array:
 
 
 def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
-  """The `implementation` argument of `jax.nn.dot_product_attention`."""
+  """"plain", or the `implementation` argument of `jax.nn.dot_product_attention`."""
   if cfg.attention_impl == "auto":
+    backend = jax.default_backend()
     half = cfg.compute_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    return "cudnn" if jax.default_backend() == "gpu" and half else None
-  return cfg.attention_impl  # "xla" or "cudnn"
+    if backend == "cpu":
+      return "plain"  # Heads-first batched matmuls: ~1.2x the fused path's speed on XLA CPU.
+    return "cudnn" if backend == "gpu" and half else None
+  return cfg.attention_impl  # "plain", "xla" or "cudnn"
 
 
-def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
-                     heads_first: bool = False) -> Array:
+def _attention_probs(q_BxHxTxK: Array, k_BxHxSxK: Array, mask: Array | None) -> Array:
   """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`.
 
-  With `heads_first`, queries and keys are laid out `[B, H, T, K]` and `[B, H, S, K]` (decoding).
+  Queries and keys are heads first, `[B, H, T, K]` and `[B, H, S, K]`: batched matmuls over
+  leading (B, H) axes, which XLA CPU runs ~1.5x faster than the `[B, T, H, K]` layout.
   """
-  scale = 1.0 / math.sqrt(q_BxTxHxK.shape[-1])
-  spec = "bhtk,bhsk->bhts" if heads_first else "bthk,bshk->bhts"
-  logits_BxHxTxS = jnp.einsum(spec, q_BxTxHxK, k_BxSxHxK,
+  scale = 1.0 / math.sqrt(q_BxHxTxK.shape[-1])
+  logits_BxHxTxS = jnp.einsum("bhtk,bhsk->bhts", q_BxHxTxK, k_BxHxSxK,
                               preferred_element_type=jnp.float32) * scale
   if mask is not None:
     # A finite minimum, not -inf: fully masked rows (padding queries) stay NaN-free.
@@ -105,20 +107,23 @@ def _attention_probs(q_BxTxHxK: Array, k_BxSxHxK: Array, mask: Array | None, *,
   return jax.nn.softmax(logits_BxHxTxS, axis=-1)
 
 
-def _attend(probs_BxHxTxS: Array, v_BxSxHxK: Array, dropout_rate: float = 0.0,
-            dropout_rng: Array | None = None, *, heads_first: bool = False) -> Array:
-  """The weighted sum of values `[B, T, H, K]` (`[B, H, T, K]` with `heads_first`), with optional
-  dropout on the weights."""
+def _attend(probs_BxHxTxS: Array, v_BxHxSxK: Array, dropout_rate: float = 0.0,
+            dropout_rng: Array | None = None) -> Array:
+  """The weighted sum of values `[B, H, T, K]`, with optional dropout on the weights."""
   probs_BxHxTxS = dropout(probs_BxHxTxS, dropout_rate, dropout_rng)
-  spec = "bhts,bhsk->bhtk" if heads_first else "bhts,bshk->bthk"
-  return jnp.einsum(spec, probs_BxHxTxS.astype(v_BxSxHxK.dtype), v_BxSxHxK)
+  return jnp.einsum("bhts,bhsk->bhtk", probs_BxHxTxS.astype(v_BxHxSxK.dtype), v_BxHxSxK)
+
+
+def _heads_first(x_BxSxHxK: Array) -> Array:
+  return jnp.swapaxes(x_BxSxHxK, 1, 2)
 
 
 def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: Array | None,
                     *, dropout_rate: float = 0.0, dropout_rng: Array | None = None) -> Array:
   """softmax(QK^T / sqrt(d_k)) V with float32 logits and softmax, and optional attention dropout."""
-  probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
-  return _attend(probs_BxHxTxS, v_BxSxHxK, dropout_rate, dropout_rng)
+  probs_BxHxTxS = _attention_probs(_heads_first(q_BxTxHxK), _heads_first(k_BxSxHxK), mask)
+  return _heads_first(_attend(probs_BxHxTxS, _heads_first(v_BxSxHxK), dropout_rate,
+                              dropout_rng))
 
 
 class MultiHeadAttention(nn.Module):
@@ -164,30 +169,29 @@ class MultiHeadAttention(nn.Module):
     k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
-    if cfg.attention_impl == "plain" or (rate > 0.0 and not deterministic):
+    implementation = _resolve_attention_impl(cfg)
+    if implementation == "plain" or (rate > 0.0 and not deterministic):
       rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
-      probs_BxHxTxS = _attention_probs(q_BxTxHxK, k_BxSxHxK, mask)
+      probs_BxHxTxS = _attention_probs(_heads_first(q_BxTxHxK), _heads_first(k_BxSxHxK), mask)
       self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
-      out_BxTxHxK = _attend(probs_BxHxTxS, v_BxSxHxK, rate, rng)
+      out_BxTxHxK = _heads_first(_attend(probs_BxHxTxS, _heads_first(v_BxSxHxK), rate, rng))
     else:
       out_BxTxHxK = jax.nn.dot_product_attention(
-          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=_resolve_attention_impl(cfg))
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=implementation)
     return out_proj(out_BxTxHxK)
 
   def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, position, key, value):
     """Attention of the new queries against the cached keys and values (heads first)."""
-    heads_first = lambda x_BxSxHxK: jnp.swapaxes(x_BxSxHxK, 1, 2)
     if self.cross:
-      k_BxHxSxK = self.variable("cache", "cross_key", lambda: heads_first(key(inputs_kv))).value
+      k_BxHxSxK = self.variable("cache", "cross_key", lambda: _heads_first(key(inputs_kv))).value
       v_BxHxSxK = self.variable("cache", "cross_value",
-                                lambda: heads_first(value(inputs_kv))).value
+                                lambda: _heads_first(value(inputs_kv))).value
     else:
       k_BxHxSxK, v_BxHxSxK, mask = self._update_cache(
-          heads_first(key(inputs_kv)), heads_first(value(inputs_kv)), mask, position)
+          _heads_first(key(inputs_kv)), _heads_first(value(inputs_kv)), mask, position)
     # Everything heads first: plain batched matmuls over (B, H), no relayout of the caches.
-    q_BxHxNxK = jnp.swapaxes(q_BxNxHxK, 1, 2)
-    probs_BxHxNxS = _attention_probs(q_BxHxNxK, k_BxHxSxK, mask, heads_first=True)
-    return jnp.swapaxes(_attend(probs_BxHxNxS, v_BxHxSxK, heads_first=True), 1, 2)
+    probs_BxHxNxS = _attention_probs(_heads_first(q_BxNxHxK), k_BxHxSxK, mask)
+    return _heads_first(_attend(probs_BxHxNxS, v_BxHxSxK))
 
   def _update_cache(self, k_BxHxNxK, v_BxHxNxK, mask, position):
     """Writes the N new keys/values at `position`; returns the row's L * N of them and the mask.

@@ -51,9 +51,9 @@ class TransformerConfig:
       start token, attended to and never masked as padding, and the searches never generate
       pad_id.
     layer_norm_epsilon: Epsilon of every LayerNorm.
-    attention_impl: "auto" (cuDNN fused kernel on GPUs in half precision, XLA
-      otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`), or "plain"
-      (explicit einsum/softmax; always used when attention dropout is active).
+    attention_impl: "auto" (cuDNN fused kernel on GPUs in half precision, "plain" on
+      CPUs, XLA otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`), or "plain"
+      (explicit heads-first einsum/softmax; always used when attention dropout is active).
     scan_layers: Run each stack as one `nn.scan` over stacked layer parameters
       (fast compiles; parameters get a leading layer axis).
     remat: Rematerialize each layer's activations in the backward pass.
