@@ -31,8 +31,5 @@ def test_dropout_masks_follow_the_global_row_in_both_modes():
   assert not np.array_equal(whole[0], whole[1])  # Rows get their own masks.
   kept = np.asarray(dropout.keep_mask(key, (256, 1024), 0.9))
   assert abs(kept.mean() - 0.9) < 0.005
-  # A row's halves come from the two words of the same blocks: independent, not copies.
-  agree = (kept[:, :512] == kept[:, 512:]).mean()
-  assert abs(agree - (0.9**2 + 0.1**2)) < 0.01
   np.testing.assert_allclose(np.unique(np.asarray(whole)), [0.0, 1 / 0.75], rtol=1e-6)
   assert dropout.dropout(x, 0.25, None) is x

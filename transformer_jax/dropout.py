@@ -1,8 +1,7 @@
 """Dropout whose mask depends on the global batch row, not on how the batch is split.
 
 Each element's keep decision is a 32-bit draw from Threefry-2x32 (20 rounds, Salmon et al.,
-2011) keyed by the dropout key: one block of the cipher, of the counter (global row, i), gives
-the row's elements i and i + ceil(row length / 2) one of its two words each. Under `jax.jit` the array is the global batch (row
+2011) keyed by the dropout key, of the counter (global row, index within the row). Under `jax.jit` the array is the global batch (row
 offset 0) and XLA partitions the counters like any other iota; under a `jax.shard_map` over the
 `data` axis each device holds rows `[axis_index * rows, (axis_index + 1) * rows)` of it and
 offsets its counters accordingly. The masks, and so training, are therefore the same for any
@@ -58,17 +57,13 @@ def keep_mask(rng: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.A
   rows, per_row = shape[0], math.prod(shape[1:])
   words = jax.random.bits(rng, (2,), jnp.uint32)  # Any key type or PRNG implementation.
   key = (words[0], words[1])
-  half = (per_row + 1) // 2
-  row = jax.lax.broadcasted_iota(jnp.uint32, (rows, half), 0)
+  row = jax.lax.broadcasted_iota(jnp.uint32, (rows, per_row), 0)
   shard = data_shard_index()
   if shard is not None:  # This device's rows of the global batch.
     row = row + shard.astype(jnp.uint32) * rows
     key = tuple(jax.lax.pcast(k, (DATA_AXIS,), to="varying") for k in key)
-  # Both 32-bit words of each block: element i of a row is word 0 of block i for the row's first
-  # half, word 1 of block i - half for the second (half the cipher work of one word per block).
-  index = jax.lax.broadcasted_iota(jnp.uint32, (rows, half), 1)
-  word0, word1 = threefry2x32(key, row, index)
-  bits = jnp.concatenate([word0, word1], axis=1)[:, :per_row]
+  index = jax.lax.broadcasted_iota(jnp.uint32, (rows, per_row), 1)
+  bits, _ = threefry2x32(key, row, index)  # One 32-bit draw per element (the cheapest layout).
   threshold = jnp.uint32(min(int(keep_prob * 2.0**32), 2**32 - 1))
   return (bits < threshold).reshape(shape)
 
