@@ -16,10 +16,11 @@ padding at the row's end.
 `--length` 32 source and 32 target tokens, no padding, vocabulary `--vocab_size` 8,000, dropout
 0.1, Adam(0.9, 0.98, 1e-9) at a constant rate; label smoothing 0.1 everywhere.
 
-Sides. `ours`: `steps.compile_steps("jit", ...)` exactly as `train.py` builds it, on one XLA CPU
-device. `ours-2dev`: the same on 2 XLA CPU devices (the worker's environment sets
-XLA_FLAGS=--xla_force_host_platform_device_count=2 before jax starts; the batch is split in two,
-data parallel), as the recipe runs. `torch`: `torch.nn.Transformer` eager (post-norm, no final
+Sides. `ours`: `steps.compile_steps(...)` exactly as `train.py` builds it (the recipe's
+`parallelism`, shard_map; jit for base and small), on one XLA CPU device. `ours-2dev`: the same
+on 2 XLA CPU devices (the worker's environment sets
+XLA_FLAGS=--xla_force_host_platform_device_count=2 before jax starts; the batch is split in
+two, data parallel), as the recipe runs. `torch`: `torch.nn.Transformer` eager (post-norm, no final
 norms, tied sqrt(d)-scaled embeddings, sinusoidal positions, the same dropout on the same places,
 attention dropout as ours; the same parameter count, checked), with Adam or AdamW and clipping as
 ours. `torch.compile`: the same module and loss under `torch.compile` (inductor; the optimizer
@@ -78,6 +79,7 @@ class Workload:
     packed: Packed rows (segment ids, positions, padding at the end) or plain full rows.
     optim: `OptimConfig` fields (the optimizer `schedules.create_optimizer` builds).
     num_train_steps: The schedule's length.
+    parallelism: "jit" or "shard_map", as `steps.compile_steps` takes it.
   """
   name: str
   model: dict
@@ -87,6 +89,7 @@ class Workload:
   packed: bool
   optim: dict
   num_train_steps: int = 100_000
+  parallelism: str = "jit"
 
   @property
   def shape(self) -> dict:
@@ -110,7 +113,7 @@ def make_workload(name: str, *, vocab: int = 8000, batch: int = 32, length: int 
     c = recipe_config()
     model = {k: v for k, v in dataclasses.asdict(c.model).items() if k not in TOKENIZER_FIELDS}
     return Workload(name, model, c.data.vocab_size, c.data.batch_size, c.data.seq_len, True,
-                    dataclasses.asdict(c.optim), c.num_train_steps)
+                    dataclasses.asdict(c.optim), c.num_train_steps, c.parallelism)
   optim = dict(schedule="constant", warmup_steps=0, peak_learning_rate=1e-4, b1=0.9, b2=0.98,
                eps=1e-9, label_smoothing=LABEL_SMOOTHING)
   return Workload(name, dict(SHAPES[name], dropout_rate=DROPOUT), vocab, batch, length, False,
@@ -239,7 +242,7 @@ def build_ours(w: Workload, num_devices: int | None = None) -> OursStep:
   # Initialized under jit as train.py does: eager init keeps ~200 MiB more resident at base.
   state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
   train_step, _ = steps.compile_steps(
-      "jit", model=model, mesh=mesh, state_shardings=shardings, dropout_key=dropout_key,
+      w.parallelism, model=model, mesh=mesh, state_shardings=shardings, dropout_key=dropout_key,
       label_smoothing=optim.label_smoothing, schedule=schedule)
   batch = sharding.global_batch(workload_batch(w), mesh)
   start = time.perf_counter()
