@@ -48,17 +48,7 @@ class DotShape:
 
 def dot_shape(hlo: profile_step.Hlo, dot: profile_step.Instr) -> DotShape:
   """The batched-matmul shape of an HLO dot instruction."""
-  lhs, rhs = (hlo.instrs[o].dims for o in dot.operands[:2])
-
-  def dims(key):
-    m = re.search(key + r"=\{([\d,]*)\}", dot.attrs)
-    return [int(d) for d in m.group(1).split(",") if d] if m else []
-
-  lb, lc, rb, rc = (dims(k) for k in ("lhs_batch_dims", "lhs_contracting_dims",
-                                      "rhs_batch_dims", "rhs_contracting_dims"))
-  free = lambda shape, skip: math.prod(d for i, d in enumerate(shape) if i not in skip)
-  return DotShape(math.prod(lhs[i] for i in lb), free(lhs, lb + lc),
-                  math.prod(lhs[i] for i in lc), free(rhs, rb + rc))
+  return DotShape(*profile_step.dot_dims(hlo, dot))
 
 
 def _trip_count(ins: profile_step.Instr) -> int:
@@ -79,8 +69,8 @@ def executed_dots(hlo_text: str) -> collections.Counter:
       if ins.opcode == "dot":
         counts[dot_shape(hlo, ins)] += times
       elif ins.opcode == "while":
-        visit(ins.calls[0] if "body=" not in ins.attrs else
-              re.search(r"body=%([\w.-]+)", ins.attrs).group(1), times * _trip_count(ins))
+        body = re.search(r"body=%([\w.-]+)", ins.attrs).group(1)
+        visit(body, times * _trip_count(ins))
       elif ins.opcode in ("fusion", "call", "custom-call", "async-start"):
         for called in ins.calls:
           visit(called, times)

@@ -163,8 +163,8 @@ def _scope(op_name: str) -> str:
   return re.sub(r"^jit\([^)]*\)/", "", op_name)
 
 
-def matmul_label(hlo: Hlo, dot: Instr, vocab: int) -> tuple[str, str, float]:
-  """(shape like '4096x128 . 128x512' or '256x(64x32 . 32x64)', role, FLOPs) of a dot."""
+def dot_dims(hlo: Hlo, dot: Instr) -> tuple[int, int, int, int]:
+  """(batch, m, k, n) of a dot read as `batch` x ([m, k] . [k, n])."""
   lhs, rhs = (hlo.instrs[o].dims if o in hlo.instrs else () for o in dot.operands[:2])
 
   def attr(key):
@@ -177,6 +177,12 @@ def matmul_label(hlo: Hlo, dot: Instr, vocab: int) -> tuple[str, str, float]:
   k = math.prod(lhs[i] for i in lc if i < len(lhs))
   m = math.prod(d for i, d in enumerate(lhs) if i not in lb + lc)
   n = math.prod(d for i, d in enumerate(rhs) if i not in rb + rc)
+  return batch, m, k, n
+
+
+def matmul_label(hlo: Hlo, dot: Instr, vocab: int) -> tuple[str, str, float]:
+  """(shape like '4096x128 . 128x512' or '256x(64x32 . 32x64)', role, FLOPs) of a dot."""
+  batch, m, k, n = dot_dims(hlo, dot)
   shape = f"{m}x{k} . {k}x{n}" if batch == 1 else f"{batch}x({m}x{k} . {k}x{n})"
   s = _scope(dot.op_name)
   roles = (("vocabulary projection", ("attend", "output_projection")),

@@ -377,16 +377,18 @@ class Transformer(nn.Module):
   def decode(self, encoded: Array, src: Array, tgt_in: Array, *, deterministic: bool = True,
              src_segments: Array | None = None, tgt_segments: Array | None = None,
              tgt_positions: Array | None = None, decode: bool = False,
-             beam_history: Array | None = None) -> Array:
+             beam_history: Array | None = None, return_hidden: bool = False):
     """Encoder output and shifted target ids `[B, T]` -> float32 logits `[B, T, V]`.
 
     With `decode=True` (and a cache from `init_cache`), `tgt_in` `[B, N]` is one new token for
-    each of N hypotheses per row; see `Decoder` for `beam_history`.
+    each of N hypotheses per row; see `Decoder` for `beam_history`. `return_hidden`: as in
+    `__call__`.
     """
     _check_tokens("tgt_in", tgt_in, self.config)
     return self.decoder(encoded, src, tgt_in, deterministic=deterministic,
                         src_segments=src_segments, tgt_segments=tgt_segments,
-                        tgt_positions=tgt_positions, decode=decode, beam_history=beam_history)
+                        tgt_positions=tgt_positions, decode=decode, beam_history=beam_history,
+                        return_hidden=return_hidden)
 
   def __call__(self, src: Array, tgt_in: Array, *, deterministic: bool = True,
                src_segments: Array | None = None, tgt_segments: Array | None = None,
@@ -400,10 +402,9 @@ class Transformer(nn.Module):
     """
     encoded = self.encode(src, deterministic=deterministic, src_segments=src_segments,
                           src_positions=src_positions)
-    _check_tokens("tgt_in", tgt_in, self.config)
-    return self.decoder(encoded, src, tgt_in, deterministic=deterministic,
-                        src_segments=src_segments, tgt_segments=tgt_segments,
-                        tgt_positions=tgt_positions, return_hidden=return_hidden)
+    return self.decode(encoded, src, tgt_in, deterministic=deterministic,
+                       src_segments=src_segments, tgt_segments=tgt_segments,
+                       tgt_positions=tgt_positions, return_hidden=return_hidden)
 
 
 def init_cache(model: Transformer, params, encoded_BxSxD: Array, src_BxS: Array,
