@@ -46,8 +46,43 @@ def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
     np.testing.assert_array_equal(a, b)
   params, step, saved_config = checkpoint_lib.read_params(str(tmp_path))
   assert step == 7 and saved_config == {"seed": 0}
-  np.testing.assert_array_equal(params["shared_embedding"]["embedding"],
-                                state.params["shared_embedding"]["embedding"])
+  assert jax.tree.structure(params) == jax.tree.structure(state.params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    assert isinstance(a, np.ndarray)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_read_params_reads_the_parameters_alone(tmp_path, monkeypatch):
+  """Readers never load the optimizer state (twice the parameters' size with Adam)."""
+  state, _, _ = _tiny_state()
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3)
+  ckpt.save(3, state, {}, {})
+  ckpt.close()
+  requested = []
+  restore = checkpoint_lib.ocp.CheckpointManager.restore
+
+  def spy(self, step, *args, **kwargs):
+    requested.append(kwargs["args"]["state"].item)
+    return restore(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, "restore", spy)
+  params, _, _ = checkpoint_lib.read_params(str(tmp_path))
+  assert [list(item) for item in requested] == [["params"]]
+  assert jax.tree.structure(params) == jax.tree.structure(state.params)
+
+
+def test_a_checkpoint_without_params_is_named_and_kept(tmp_path):
+  import orbax.checkpoint as ocp
+  directory = tmp_path / "checkpoints"
+  manager = ocp.CheckpointManager(str(directory), item_handlers=checkpoint_lib._item_handlers())
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.ones(3)}),
+                                          data=ocp.args.JsonSave({}),
+                                          config=ocp.args.JsonSave({})))
+  manager.wait_until_finished()
+  manager.close()
+  with pytest.raises(ValueError, match="holds no model parameters"):
+    checkpoint_lib.read_params(str(tmp_path))
+  assert os.path.isdir(directory / "1")  # Not moved aside: it is intact, just not a model's.
 
 
 def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):

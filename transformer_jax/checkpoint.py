@@ -34,6 +34,10 @@ class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, permissions, ...); earlier ones are intact."""
 
 
+class _NoParams(ValueError):
+  """A checkpoint that reads but is not a model's (nothing to fall back to: say so)."""
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
@@ -253,7 +257,10 @@ def _open_read_only(directory: str, workdir: str):
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoints in {workdir}: {directory} does not exist. Train "
                             "first with `python train.py --workdir ...`.")
-  manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
+  # The PyTree handler reads the same files as the Standard one that wrote them, and can read
+  # the parameters alone: 0.07 s instead of 0.9 s for the whole train state (demo workdir).
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  manager = ocp.CheckpointManager(directory, item_handlers=handlers,
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   steps = sorted(manager.all_steps())
   if not steps:
@@ -270,12 +277,14 @@ def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | N
     problem = integrity.verify(step_dir)
     if problem is None:
       try:
-        # Restore onto one local device whatever topology saved it (e.g. 8 training devices).
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                              manager.item_metadata(step)["state"])
+        saved = manager.item_metadata(step)["state"]
+        saved = getattr(saved, "tree", saved)
+        if not isinstance(saved, dict) or "params" not in saved:
+          raise _NoParams(f"Checkpoint {step_dir} holds no model parameters ('params').")
         restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
+            state=_params_only(saved["params"]), config=ocp.args.JsonRestore()))
+      except _NoParams:
+        raise
       except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
         if not os.path.isdir(step_dir):
           return None
@@ -283,9 +292,16 @@ def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | N
     if problem is not None:
       set_aside(directory, step, problem)
       return None
-  if not isinstance(restored["state"], dict) or "params" not in restored["state"]:
-    raise ValueError(f"Checkpoint {step_dir} holds no model parameters ('params').")
-  return jax.tree.map(np.asarray, restored["state"]["params"]), dict(restored["config"] or {})
+  return restored["state"]["params"], dict(restored["config"] or {})
+
+
+def _params_only(saved_params) -> ocp.args.PyTreeRestore:
+  """Restore arguments for the parameters alone, as host numpy arrays whatever topology saved
+  them (e.g. 8 training devices); the optimizer state is never read."""
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved_params)
+  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), saved_params)
+  return ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": restore_args},
+                                partial_restore=True)
 
 
 def _readable(workdir: str, subdir: str, step: int | None = None):
