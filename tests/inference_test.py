@@ -73,3 +73,19 @@ def test_loading_a_translator_does_not_import_the_training_library():
   code = ("import sys, transformer_jax.inference; "
           "assert 'transformer_jax.train_lib' not in sys.modules, 'train_lib imported'")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_decoding_imports_no_data_pipeline():
+  """translate.py's imports stay light: grain and datasets cost ~0.25 s of every call."""
+  code = ("import sys; from transformer_jax import evaluation, inference; "
+          "print(sorted(m for m in ('grain', 'datasets') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]"
+
+
+def test_the_data_package_exports_resolve():
+  from transformer_jax import data  # pylint: disable=import-outside-toplevel
+  for name in data.__all__:
+    assert getattr(data, name) is not None, name
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    data.nope  # pylint: disable=pointless-statement

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax.data.bundle import TOKENIZER_FILE, load_workdir_tokenizer
+from transformer_jax.data.workdir_tokenizer import TOKENIZER_FILE, load_workdir_tokenizer
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.experiment_config import ConfigError, ExperimentConfig

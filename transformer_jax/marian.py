@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer_jax.config import TransformerConfig
-from transformer_jax.data.bundle import MARIAN_TOKENIZER_DIR, TOKENIZER_FILE
+from transformer_jax.data.workdir_tokenizer import MARIAN_TOKENIZER_DIR, TOKENIZER_FILE
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.experiment_config import DataConfig, ExperimentConfig, OptimConfig
 from transformer_jax.model import Transformer, sinusoidal_encoding

@@ -14,23 +14,12 @@ from transformer_jax.data import corpus as corpus_lib
 from transformer_jax.data import pipeline, synthetic
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.data.workdir_tokenizer import TOKENIZER_FILE, load_workdir_tokenizer
 from transformer_jax.experiment_config import DataConfig
 
 log = logging.getLogger(__name__)
 
-TOKENIZER_FILE = "tokenizer.model"
-MARIAN_TOKENIZER_DIR = "marian_tokenizer"  # Written by import_marian.py.
 CACHE_DIR = "data_cache"
-
-
-def load_workdir_tokenizer(workdir: str) -> Tokenizer | MarianTokenizer | None:
-  """The tokenizer of a workdir: an imported Marian one (marian_tokenizer/), else the trained
-  tokenizer.model; None when it has neither yet."""
-  marian = os.path.join(workdir, MARIAN_TOKENIZER_DIR)
-  if os.path.isdir(marian):
-    return MarianTokenizer.load(marian)
-  path = os.path.join(workdir, TOKENIZER_FILE)
-  return Tokenizer.load(path) if os.path.exists(path) else None
 
 
 @dataclasses.dataclass
