@@ -27,7 +27,7 @@ def test_recipe_workload_reads_the_config():
   assert w.shape == train_benchmark.SHAPES["small"]  # 4+4 x 128, 4 heads, d_ff 512.
   assert w.model["dropout_rate"] == 0.1 and w.model["attention_dropout_rate"] == 0.0
   assert w.optim["weight_decay"] == 0.2 and w.optim["grad_clip_norm"] == 1.0
-  assert w.optim["label_smoothing"] == 0.1 and w.num_train_steps == 3000
+  assert w.optim["label_smoothing"] == 0.1 and w.num_train_steps == 3400
   assert w.parallelism == "shard_map"
   base = train_benchmark.make_workload("base")
   assert (base.vocab, base.rows, base.length, base.packed) == (8000, 32, 32, False)
