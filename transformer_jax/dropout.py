@@ -1,11 +1,12 @@
 """Dropout whose mask depends on the global batch row, not on how the batch is split.
 
 Each element's keep decision is a 32-bit draw from Threefry-2x32 (20 rounds, Salmon et al.,
-2011) keyed by the dropout key, of the counter (global row, index within the row). Under `jax.jit` the array is the global batch (row
-offset 0) and XLA partitions the counters like any other iota; under a `jax.shard_map` over the
-`data` axis each device holds rows `[axis_index * rows, (axis_index + 1) * rows)` of it and
-offsets its counters accordingly. The masks, and so training, are therefore the same for any
-device count and in both parallel modes (`parallelism="jit"` or `"shard_map"`).
+2011) keyed by the dropout key, of the counter (global row, index within the row). Under
+`jax.jit` the array is the global batch (row offset 0) and XLA partitions the counters like any
+other iota; under a `jax.shard_map` over the `data` axis each device holds rows
+`[axis_index * rows, (axis_index + 1) * rows)` of it and offsets its counters accordingly. The
+masks, and so training, are therefore the same for any device count and in both parallel modes
+(`parallelism="jit"` or `"shard_map"`).
 
 Why not `jax.random.bernoulli`: its bits depend on the array's global shape, which a per-device
 shard_map function does not see; and on CPU its Threefry runs as a rolled loop over the whole

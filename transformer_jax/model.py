@@ -106,6 +106,12 @@ def _dropout(module: nn.Module, x: Array, deterministic: bool) -> Array:
   return dropout(x, rate, module.make_rng("dropout"))
 
 
+def _layer_norm(cfg: TransformerConfig, name: str) -> nn.LayerNorm:
+  """Flax's LayerNorm with the config's epsilon, compute and parameter dtypes."""
+  return nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                      param_dtype=cfg.param_dtype, name=name)
+
+
 # ----------------------------------------------------------------------------- layers
 
 
@@ -136,8 +142,7 @@ class SubLayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, f, *, deterministic: bool) -> Array:
     cfg = self.config
-    norm = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-                        param_dtype=cfg.param_dtype, name="norm")
+    norm = _layer_norm(cfg, "norm")
     if cfg.pre_norm:
       return x + _dropout(self, f(norm(x)), deterministic)
     return norm(x + _dropout(self, f(x), deterministic))
@@ -238,8 +243,7 @@ class Encoder(nn.Module):
     x = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask,
                      deterministic=deterministic)
     if cfg.pre_norm:
-      x = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-                       param_dtype=cfg.param_dtype, name="final_norm")(x)
+      x = _layer_norm(cfg, "final_norm")(x)
     return x
 
 
@@ -283,8 +287,7 @@ class Decoder(nn.Module):
     y = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask, cross_mask,
                      position, deterministic=deterministic, decode=decode)
     if cfg.pre_norm:
-      y = nn.LayerNorm(epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
-                       param_dtype=cfg.param_dtype, name="final_norm")(y)
+      y = _layer_norm(cfg, "final_norm")(y)
     bias_V = None
     if cfg.logits_bias:
       bias_V = self.param("logits_bias", nn.initializers.zeros, (cfg.vocab_size,),
