@@ -39,8 +39,9 @@ def main(argv):
   import logging
   logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
   logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
-  from transformer_jax import evaluation, inference, jit_cache
-  jit_cache.enable()  # A second call loads the compiled search instead of compiling it.
+  from transformer_jax import evaluation, executable_cache, inference
+  # A second call loads the compiled search, skipping its tracing and compiling.
+  executable_cache.enable()
   from transformer_jax.data.corpus import read_lines
 
   try:  # Every input is checked before anything is decoded or written.

@@ -14,6 +14,13 @@ if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="transformer_jax_xla_cache_")
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
+# Stored decoding programs (translate.py's executable cache) go to a temporary directory too.
+_OWN_EXECUTABLES = "TRANSFORMER_JAX_EXECUTABLE_CACHE" not in os.environ
+if _OWN_EXECUTABLES:
+  import tempfile  # noqa: E402
+  os.environ["TRANSFORMER_JAX_EXECUTABLE_CACHE"] = tempfile.mkdtemp(
+      prefix="transformer_jax_executables_")
+
 import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -32,6 +39,8 @@ def multi30k_dir():
 
 def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
+  import shutil
   if _OWN_CACHE:
-    import shutil
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  if _OWN_EXECUTABLES:
+    shutil.rmtree(os.environ["TRANSFORMER_JAX_EXECUTABLE_CACHE"], ignore_errors=True)

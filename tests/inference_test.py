@@ -83,6 +83,16 @@ def test_decoding_imports_no_data_pipeline():
   assert out.stdout.strip() == "[]"
 
 
+def test_the_slow_ml_dtypes_release_is_excluded():
+  """ml_dtypes 0.7.0's native module takes ~1 s to import (0.6.0: 6 ms), in every JAX process."""
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  assert importlib.metadata.version("ml_dtypes") != "0.7.0"
+  root = pathlib.Path(__file__).resolve().parents[1]
+  for name in ("pyproject.toml", "requirements.txt"):
+    assert "ml_dtypes>=0.5.0,!=0.7.0" in (root / name).read_text(), name
+
+
 def test_the_data_package_exports_resolve():
   from transformer_jax import data  # pylint: disable=import-outside-toplevel
   for name in data.__all__:

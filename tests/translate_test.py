@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
-from transformer_jax import evaluation, inference, train_lib
+from transformer_jax import evaluation, executable_cache, inference, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,10 +157,11 @@ def test_tune_decoding_errors(workdir, tmp_path):
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_a_second_translate_call_reuses_the_compiled_search_from_the_cache(workdir, tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+def test_a_second_translate_call_loads_the_stored_search(workdir, tmp_path):
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("JAX_COMPILATION_CACHE_DIR", executable_cache.ENV_DIR)}
   env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="", XDG_CACHE_HOME=str(tmp_path / "cache"))
-  cache = tmp_path / "cache" / "transformer_jax" / "xla"
+  cache = tmp_path / "cache" / "transformer_jax" / "executables"
   outputs, entries = [], []
   for _ in range(2):
     result = subprocess.run([sys.executable, "translate.py", f"--workdir={workdir}"], cwd=ROOT,
@@ -168,7 +169,8 @@ def test_a_second_translate_call_reuses_the_compiled_search_from_the_cache(workd
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     outputs.append(result.stdout)
-    entries.append(sorted(os.listdir(cache)))
-  assert entries[0], "the first call stored its compiled programs"
-  assert entries[1] == entries[0]  # The second found them all: nothing new was compiled.
+    entries.append({p.name: p.stat().st_mtime_ns for p in cache.glob("*.pkl")})
+  assert entries[0], "the first call stored its compiled search"
+  assert entries[1].keys() == entries[0].keys()  # The second found it: nothing new was stored.
+  assert all(entries[1][k] > entries[0][k] for k in entries[0])  # ... and loaded it (used).
   assert outputs[1] == outputs[0]

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from transformer_jax import executable_cache
 from transformer_jax.config import TransformerConfig, require_int
 from transformer_jax.model import Transformer, init_cache
 
@@ -80,8 +81,8 @@ def greedy_search(model: Transformer, params: Any, src: Any, *, max_len: int | N
     (tokens, steps).
   """
   config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
-  tokens_BxT, steps = _greedy(params, src, limit_B, np.int32(min_len), config=config,
-                              max_len=length)
+  tokens_BxT, steps = executable_cache.call(
+      _greedy, (params, src, limit_B, np.int32(min_len)), dict(config=config, max_len=length))
   return (tokens_BxT, steps) if return_steps else tokens_BxT
 
 
@@ -123,10 +124,9 @@ def beam_search(model: Transformer, params: Any, src: Any, *, beam_size: int = 4
   if convention not in CONVENTIONS:
     raise ValueError(f"convention={convention!r} is not one of {CONVENTIONS}.")
   config, params, src, limit_B, length = _prepare(model, params, src, max_len, min_len)
-  tokens_BxNxT, scores_BxN, steps = _beam(params, src, limit_B, np.int32(min_len),
-                                          np.float32(alpha), config=config,
-                                          beam_size=beam_size, max_len=length,
-                                          convention=convention)
+  tokens_BxNxT, scores_BxN, steps = executable_cache.call(
+      _beam, (params, src, limit_B, np.int32(min_len), np.float32(alpha)),
+      dict(config=config, beam_size=beam_size, max_len=length, convention=convention))
   if return_steps:
     return tokens_BxNxT, scores_BxN, steps
   return tokens_BxNxT, scores_BxN
@@ -169,13 +169,14 @@ def _prepare(model, params, src, max_len, min_len):
                      f"{src.shape} and dtype {src.dtype}; for one sentence use src[None].")
   if src.shape[0] == 0 or src.shape[1] == 0:
     raise ValueError(f"src is empty (shape {src.shape}); give at least one row and one column.")
-  src = jnp.asarray(src, jnp.int32)
+  xp = jnp if isinstance(src, jax.Array) else np  # Host input stays on the host: no dispatch.
+  src = xp.asarray(src, xp.int32)
   if max_len is None:
     length = src.shape[1] + EXTRA_LENGTH
-    limit_B = jnp.sum(src != config.pad_id, axis=1, dtype=jnp.int32) + EXTRA_LENGTH
+    limit_B = xp.sum(src != config.pad_id, axis=1, dtype=xp.int32) + EXTRA_LENGTH
   else:
     length = require_int("max_len", max_len, minimum=1)
-    limit_B = jnp.full((src.shape[0],), length, jnp.int32)
+    limit_B = xp.full((src.shape[0],), length, xp.int32)
   min_len = require_int("min_len", min_len, minimum=0)
   if min_len > length:
     raise ValueError(f"min_len={min_len} exceeds max_len={length}: nothing could be generated.")

@@ -198,9 +198,10 @@ def _best_ids(model: Transformer, params: Any, src: np.ndarray, *, beam_size: in
   if beam_size == 1:
     tokens = decoding.greedy_search(model, params, src, max_len=max_len, min_len=min_len)
   else:
-    tokens = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,
-                                  max_len=max_len, min_len=min_len,
-                                  convention=convention)[0][:, 0]
+    tokens_BxNxT = decoding.beam_search(model, params, src, beam_size=beam_size, alpha=alpha,
+                                        max_len=max_len, min_len=min_len,
+                                        convention=convention)[0]
+    tokens = np.asarray(tokens_BxNxT)[:, 0]  # Sliced on the host: no program to compile.
   return decoding.ids_until_eos(np.asarray(tokens), eos_id=model.config.eos_id,
                                 pad_id=model.config.pad_id)
 
