@@ -491,8 +491,8 @@ def main(argv=None):
     params.append(f"{name} {w.rows}x{w.length}{' packed' if w.packed else ''}, vocab "
                   f"{w.vocab:,}, {target_tokens(w):,} target tokens, {counts['ours']:,} params")
   print()
-  print(f"Training step ({'; '.join(params)}); {os.cpu_count()} CPU cores; medians of "
-        "interleaved steps; GFLOP/s = model_flops_per_step / median step")
+  print(f"Training step ({'; '.join(params)}); {os.cpu_count()} CPU cores; {args.malloc} malloc "
+        "in every side; medians of interleaved steps; GFLOP/s = model_flops_per_step / median step")
   print(harness.markdown_table(
       ["shape", "side", "target tok/s", "ms / step", "vs torch eager", "GFLOP/s",
        "of matmul peak", "compile s", "peak RSS MiB (import)", "steps"], rows))

@@ -166,3 +166,17 @@ def test_matmul_ceiling_counts_every_executed_dot():
   assert c.flops == sum(n * s.flops for s, n in counts.items())
   assert "**all dots**" in matmul_ceiling.format_ceiling(c, peak=1e11)
   assert 0 < matmul_ceiling.time_dot(shape(2, 16, 8, 8), repeats=2) < 1.0
+
+
+def test_malloc_env_preloads_tcmalloc_for_every_side(tmp_path, monkeypatch):
+  assert harness.malloc_env("system") == {}
+  lib = tmp_path / harness.TCMALLOC_LIBRARIES[0]
+  lib.write_bytes(b"")
+  assert harness.find_tcmalloc((str(tmp_path / "none"), str(tmp_path))) == str(lib)
+  monkeypatch.setenv("LD_PRELOAD", "/other.so")
+  assert harness.malloc_env("tcmalloc", str(lib)) == {"LD_PRELOAD": f"{lib}:/other.so"}
+  monkeypatch.setattr(harness, "find_tcmalloc", lambda: None)
+  with pytest.raises(ValueError, match="apt install libtcmalloc-minimal4"):
+    harness.malloc_env("tcmalloc")
+  with pytest.raises(ValueError, match="use system or tcmalloc"):
+    harness.malloc_env("jemalloc")
