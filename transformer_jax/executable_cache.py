@@ -153,11 +153,7 @@ def _load(path: str) -> Any | None:
   """The executable stored at `path`, or None (missing or unreadable: then it is deleted)."""
   try:
     with open(path, "rb") as f:
-      entry = pickle.load(f)
-    devices = {d.id: d for d in jax.devices()}
-    executable = serialize_executable.deserialize_and_load(
-        entry["payload"], entry["in_tree"], entry["out_tree"],
-        execution_devices=[devices[i] for i in entry["device_ids"]])
+      executable = _deserialize(pickle.load(f))
   except FileNotFoundError:
     return None
   except Exception:  # Truncated, from another machine, or otherwise unusable.
@@ -171,6 +167,14 @@ def _load(path: str) -> Any | None:
   return executable
 
 
+def _deserialize(entry: dict) -> Any:
+  """A loaded executable from a stored entry, on the devices it was compiled for."""
+  devices = {d.id: d for d in jax.devices()}
+  return serialize_executable.deserialize_and_load(
+      entry["payload"], entry["in_tree"], entry["out_tree"],
+      execution_devices=[devices[i] for i in entry["device_ids"]])
+
+
 def _compile_and_store(jitted: Callable, args: tuple, static: dict[str, Any], key: str,
                        path: str) -> Any:
   """Compiles, runs the call through the stored form (checking it), and stores it."""
@@ -182,16 +186,14 @@ def _compile_and_store(jitted: Callable, args: tuple, static: dict[str, Any], ke
     if len(device_ids) != 1:
       raise ValueError("only single-device programs are stored")
     payload, in_tree, out_tree = serialize_executable.serialize(compiled)
-    devices = {d.id: d for d in jax.devices()}
-    executable = serialize_executable.deserialize_and_load(
-        payload, in_tree, out_tree, execution_devices=[devices[device_ids[0]]])
+    entry = {"payload": payload, "in_tree": in_tree, "out_tree": out_tree,
+             "device_ids": device_ids}
+    executable = _deserialize(entry)
     out = jax.block_until_ready(executable(*args))
   except Exception:  # Not storable: this call runs as compiled, nothing is stored.
     stats["unstorable"] += 1
     return compiled(*args)
   _loaded[key] = executable
-  entry = {"payload": payload, "in_tree": in_tree, "out_tree": out_tree,
-           "device_ids": device_ids}
   _write(path, pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL))
   return out
 
