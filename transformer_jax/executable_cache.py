@@ -33,6 +33,8 @@ from typing import Any, Callable
 import jax
 from jax.experimental import serialize_executable
 
+from transformer_jax import jit_cache
+
 MAX_BYTES = 1 << 30
 ENV_DIR = "TRANSFORMER_JAX_EXECUTABLE_CACHE"
 _FORMAT = "transformer_jax executable cache 1"
@@ -47,8 +49,7 @@ def default_dir() -> str:
   """`$TRANSFORMER_JAX_EXECUTABLE_CACHE`, else `$XDG_CACHE_HOME/transformer_jax/executables`."""
   if os.environ.get(ENV_DIR):
     return os.environ[ENV_DIR]
-  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "transformer_jax", "executables")
+  return os.path.join(os.path.dirname(jit_cache.default_dir()), "executables")  # Its sibling.
 
 
 def enable(path: str | None = None) -> str:
