@@ -13,9 +13,11 @@ fused instructions, their shapes and `metadata.op_name` (the jax name stack, e.g
 pass). Each thunk gets one kind of work (`classify`): a thunk holding a dot is a matmul, grouped
 by its shape (the vocabulary projection named); else its instructions vote, weighted by their
 element counts, among the kinds in `KINDS`. Times are exclusive (a while loop's thunk minus the
-body thunks it ran). Host / dispatch is the step's wall time (the annotation) minus the time at
-least one thunk ran; the thunks' summed time is scaled onto that busy time when they overlap, so
-that the shares add up to 100%.
+body thunks it ran). A plain `dot` thunk only starts its Eigen matmul, so the idle time until
+its first consumer starts is counted as that dot's (`async_dot_time`). Host / dispatch is the
+step's wall time (the annotation) minus the time at least one thunk (or such a dot) ran; the
+thunks' summed time is scaled onto that busy time when they overlap, so that the shares add up
+to 100%.
 """
 
 from __future__ import annotations
@@ -309,6 +311,48 @@ def busy_time(ops: list[dict]) -> float:
   return total
 
 
+def _gaps(ops: list[dict]) -> list[tuple[float, float]]:
+  """The (start, stop) spans between the first thunk's start and the last one's end in which
+  no thunk ran."""
+  gaps, end = [], math.inf
+  for e in sorted(ops, key=lambda e: e["ts"]):
+    if e["ts"] > end:
+      gaps.append((end, e["ts"]))
+    end = e["ts"] + e["dur"] if end == math.inf else max(end, e["ts"] + e["dur"])
+  return gaps
+
+
+def async_dot_time(ops: list[dict], hlo: Hlo) -> collections.Counter:
+  """Idle microseconds of one step that belong to asynchronous dot thunks, by hlo_op.
+
+  XLA CPU runs a plain `dot` instruction (one outside a YNNPACK fusion) as an Eigen contraction
+  that the thunk only starts: its trace event ends long before the matmul does (a 2 GFLOP
+  weight gradient "takes" under 1 ms), and the matmul's remaining time shows up as a gap in
+  which no thunk runs. A dot's work ends no later than the first thunk that reads its output
+  starts, so each idle span between a dot's event and that consumer is the dot's (split evenly
+  when several dots are pending).
+  """
+  pending = []  # (event end, first consumer start, hlo_op)
+  for e in ops:
+    name = e["args"]["hlo_op"]
+    if name not in hlo.instrs or hlo.instrs[name].opcode != "dot":
+      continue
+    after = [c["ts"] for c in ops if c["ts"] >= e["ts"] and c is not e
+             and c["args"]["hlo_op"] in hlo.instrs
+             and name in hlo.instrs[c["args"]["hlo_op"]].operands]
+    if after:
+      pending.append((e["ts"] + e["dur"], min(after), name))
+  out = collections.Counter()
+  for start, stop in _gaps(ops):
+    edges = sorted({start, stop} | {t for end, use, _ in pending for t in (end, use)
+                                     if start < t < stop})
+    for lo, hi in zip(edges, edges[1:]):
+      owners = [name for end, use, name in pending if end <= lo and hi <= use]
+      for name in owners:
+        out[name] += (hi - lo) / len(owners)
+  return out
+
+
 def step_ops(events: list[dict], module: str) -> tuple[list[float], list[list[dict]]]:
   """The annotated steps' wall times (us) and each step's thunk events of `module`."""
   windows = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
@@ -382,6 +426,9 @@ def summarize(events: list[dict], hlo: Hlo, vocab: int, name: str = "") -> Profi
     for op, us in exclusive_ops(ops):
       excl[op] += us
       counts[op] += 1
+    pending = async_dot_time(ops, hlo)  # Idle time in which an asynchronous dot still ran.
+    excl.update(pending)
+    busy += sum(pending.values())
   total = sum(excl.values())
   scale = busy / total if total else 0.0
   per_step_ms = lambda us: us * scale / n / 1e3

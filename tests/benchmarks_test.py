@@ -125,6 +125,25 @@ def test_exclusive_and_busy_times():
   assert profile_step.busy_time(ops) == 12
 
 
+def test_idle_time_until_a_dots_consumer_is_the_dots():
+  hlo = profile_step.parse_hlo("""HloModule m, entry_computation_layout={}
+
+ENTRY %main (a: f32[8,8]) -> f32[8,8] {
+  %a = f32[8,8]{1,0} parameter(0)
+  %dot.1 = f32[8,8]{1,0} dot(%a, %a), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %dot.2 = f32[8,8]{1,0} dot(%a, %a), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %add.3 = f32[8,8]{1,0} add(%a, %a)
+  ROOT %multiply.4 = f32[8,8]{1,0} multiply(%dot.1, %dot.2)
+}
+""")
+  ev = lambda op, ts, dur: {"ts": ts, "dur": dur, "pid": 1, "tid": 1, "args": {"hlo_op": op}}
+  # dot.1 and dot.2 return at 1 and 3; add.3 runs from 1 to 1.5; their consumer starts at 10.
+  ops = [ev("dot.1", 0, 1), ev("add.3", 1, 0.5), ev("dot.2", 2, 1), ev("multiply.4", 10, 1)]
+  pending = profile_step.async_dot_time(ops, hlo)
+  assert pending == {"dot.1": 0.5 + 3.5, "dot.2": 3.5}  # 1.5..2 is dot.1's; 3..10 shared.
+  assert profile_step.async_dot_time([ev("add.3", 0, 1), ev("multiply.4", 5, 1)], hlo) == {}
+
+
 @pytest.fixture(scope="module")
 def tiny_profile():
   w = train_benchmark.make_workload("recipe")
