@@ -2,7 +2,8 @@
 
 Reads `data.data_dir` when set (../shared/data/multi30k for the raw cased files, or its tok/
 directory with `--config.data.file_pattern={split}.lc.norm.tok.{lang}` for the official lowercased
-tokenized files), else the hub id. Sized to train in ~54 minutes on 2 CPU cores run as 2 XLA
+tokenized files), else the hub id. Sized to train in ~54 minutes (~42 with tcmalloc preloaded, as
+benchmarks/multi30k.sh does when it is installed) on 2 CPU cores run as 2 XLA
 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2), data parallel with the explicit
 shard_map step (1.15-1.19x the jit step's speed on those 2 devices; the same update per step).
 Settings were chosen on the validation set (val), never on test.
@@ -13,7 +14,7 @@ from transformer_jax.experiment_config import base_config
 
 def get_config():
   c = base_config()
-  c.num_train_steps = 3_400        # 28 epochs of ~120 steps: ~54 minutes on 2 cores, + ~4 to
+  c.num_train_steps = 3_400        # 28 epochs of ~120 steps: 42-54 minutes on 2 cores, + ~3-4 to
                                    # decode; val BLEU 41.80 against 41.19 at 3,000 steps.
   c.parallelism = "shard_map"      # 2 XLA CPU devices: 903-945 ms per step against jit's 1,039-1,124.
   c.log_every_steps = 50
