@@ -314,11 +314,11 @@ def busy_time(ops: list[dict]) -> float:
 def _gaps(ops: list[dict]) -> list[tuple[float, float]]:
   """The (start, stop) spans between the first thunk's start and the last one's end in which
   no thunk ran."""
-  gaps, end = [], math.inf
+  gaps, end = [], None
   for e in sorted(ops, key=lambda e: e["ts"]):
-    if e["ts"] > end:
+    if end is not None and e["ts"] > end:
       gaps.append((end, e["ts"]))
-    end = e["ts"] + e["dur"] if end == math.inf else max(end, e["ts"] + e["dur"])
+    end = e["ts"] + e["dur"] if end is None else max(end, e["ts"] + e["dur"])
   return gaps
 
 
@@ -332,14 +332,17 @@ def async_dot_time(ops: list[dict], hlo: Hlo) -> collections.Counter:
   starts, so each idle span between a dot's event and that consumer is the dot's (split evenly
   when several dots are pending).
   """
+  readers = collections.defaultdict(list)  # dot name -> start times of thunks reading it
+  for c in ops:
+    instr = hlo.instrs.get(c["args"]["hlo_op"])
+    for operand in instr.operands if instr else ():
+      readers[operand].append(c["ts"])
   pending = []  # (event end, first consumer start, hlo_op)
   for e in ops:
     name = e["args"]["hlo_op"]
     if name not in hlo.instrs or hlo.instrs[name].opcode != "dot":
       continue
-    after = [c["ts"] for c in ops if c["ts"] >= e["ts"] and c is not e
-             and c["args"]["hlo_op"] in hlo.instrs
-             and name in hlo.instrs[c["args"]["hlo_op"]].operands]
+    after = [ts for ts in readers[name] if ts >= e["ts"]]
     if after:
       pending.append((e["ts"] + e["dur"], min(after), name))
   out = collections.Counter()
