@@ -65,6 +65,28 @@ def test_fused_attention_equals_plain_attention(causal):
   np.testing.assert_allclose(fused, plain, atol=1e-5)
 
 
+def test_fused_attention_gets_the_mask_at_full_query_and_key_length(monkeypatch):
+  # cuDNN refuses a [B, 1, 1, S] padding mask (seen on an H200); XLA would broadcast it.
+  seen = []
+  fused = jax.nn.dot_product_attention
+
+  def recording(q, k, v, *, mask=None, implementation=None, **kwargs):
+    seen.append(mask.shape)
+    return fused(q, k, v, mask=mask, implementation="xla", **kwargs)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  attention = MultiHeadAttention(CONFIG.replace(attention_impl="cudnn"), cross=True)
+  x, memory = jnp.ones((2, 3, CONFIG.d_model)), jnp.ones((2, 7, CONFIG.d_model))
+  mask = padding_mask(SRC[:, :3], SRC)
+  assert mask.shape == (2, 1, 1, 7)
+  params = attention.init(jax.random.key(1), x, memory, mask)
+  out = attention.apply(params, x, memory, mask)
+  plain = MultiHeadAttention(CONFIG.replace(attention_impl="plain"), cross=True).apply(
+      params, x, memory, mask)
+  assert seen and all(shape == (2, 1, 3, 7) for shape in seen)
+  np.testing.assert_allclose(out, plain, atol=1e-5)
+
+
 def test_auto_attention_is_the_heads_first_plain_path_on_cpu():
   # On XLA CPU the heads-first batched matmuls beat jax.nn.dot_product_attention's layout.
   assert jax.default_backend() == "cpu"

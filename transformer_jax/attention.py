@@ -133,6 +133,19 @@ def plain_attention(q_BxTxHxK: Array, k_BxSxHxK: Array, v_BxSxHxK: Array, mask: 
                                     dropout_rng)[0]
 
 
+def fused_mask(mask: Array | None, q_BxTxHxK: Array, k_BxSxHxK: Array) -> Array | None:
+  """The mask at its full `[B, 1, T, S]`, as `jax.nn.dot_product_attention` needs it.
+
+  Padding masks are `[B, 1, 1, S]` and the causal mask `[1, 1, T, T]`; XLA broadcasts them, but
+  cuDNN's fused attention takes the mask as a bias and refuses any whose query or key length is 1
+  ("Bias must have same seq length as QKV"; seen on an H200, jax 0.11.2).
+  """
+  if mask is None:
+    return None
+  batch, length_q, length_k = q_BxTxHxK.shape[0], q_BxTxHxK.shape[1], k_BxSxHxK.shape[1]
+  return jnp.broadcast_to(mask, (batch, mask.shape[1], length_q, length_k))
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: self, causal or cross, with an optional key/value cache.
 
@@ -184,7 +197,8 @@ class MultiHeadAttention(nn.Module):
       self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
     else:
       out_BxTxHxK = jax.nn.dot_product_attention(
-          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=mask, implementation=implementation)
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=fused_mask(mask, q_BxTxHxK, k_BxSxHxK),
+          implementation=implementation)
     return out_proj(out_BxTxHxK)
 
   def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, position, key, value):
