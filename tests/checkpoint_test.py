@@ -14,8 +14,9 @@ import pytest
 
 import integrity_test
 from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import checkpoint_reader
 from transformer_jax import schedules
-from transformer_jax import train_lib
+from transformer_jax import steps
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import OptimConfig
 from transformer_jax.model import Transformer
@@ -28,7 +29,7 @@ def _optim():
 def _tiny_state():
   config = TransformerConfig.tiny(40)
   tx, _ = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
-  return jax.jit(functools.partial(train_lib.init_state, model=Transformer(config), tx=tx))(
+  return jax.jit(functools.partial(steps.init_state, model=Transformer(config), tx=tx))(
       jax.random.key(0)), config, tx
 
 
@@ -44,7 +45,7 @@ def test_checkpoint_round_trip_keeps_state_and_data_position(tmp_path):
   assert step == 7 and data_state == {"position": 123} and int(restored.step) == 7
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
-  params, step, saved_config = checkpoint_lib.read_params(str(tmp_path))
+  params, step, saved_config = checkpoint_reader.read_params(str(tmp_path))
   assert step == 7 and saved_config == {"seed": 0}
   assert jax.tree.structure(params) == jax.tree.structure(state.params)
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
@@ -66,7 +67,7 @@ def test_read_params_reads_the_parameters_alone(tmp_path, monkeypatch):
     return restore(self, step, *args, **kwargs)
 
   monkeypatch.setattr(checkpoint_lib.ocp.CheckpointManager, "restore", spy)
-  params, _, _ = checkpoint_lib.read_params(str(tmp_path))
+  params, _, _ = checkpoint_reader.read_params(str(tmp_path))
   assert [list(item) for item in requested] == [["params"]]
   assert jax.tree.structure(params) == jax.tree.structure(state.params)
 
@@ -74,14 +75,14 @@ def test_read_params_reads_the_parameters_alone(tmp_path, monkeypatch):
 def test_a_checkpoint_without_params_is_named_and_kept(tmp_path):
   import orbax.checkpoint as ocp
   directory = tmp_path / "checkpoints"
-  manager = ocp.CheckpointManager(str(directory), item_handlers=checkpoint_lib._item_handlers())
+  manager = ocp.CheckpointManager(str(directory), item_handlers=checkpoint_lib.item_handlers())
   manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave({"w": np.ones(3)}),
                                           data=ocp.args.JsonSave({}),
                                           config=ocp.args.JsonSave({})))
   manager.wait_until_finished()
   manager.close()
   with pytest.raises(ValueError, match="holds no model parameters"):
-    checkpoint_lib.read_params(str(tmp_path))
+    checkpoint_reader.read_params(str(tmp_path))
   assert os.path.isdir(directory / "1")  # Not moved aside: it is intact, just not a model's.
 
 
@@ -92,7 +93,7 @@ def test_checkpoint_that_does_not_fit_names_the_parameter(tmp_path):
   ckpt.close()
   wider = TransformerConfig.tiny(40, d_ff=128)
   tx, _ = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
-  abstract = jax.eval_shape(functools.partial(train_lib.init_state, model=Transformer(wider),
+  abstract = jax.eval_shape(functools.partial(steps.init_state, model=Transformer(wider),
                                               tx=tx), jax.random.key(0))
   with pytest.raises(ValueError, match=r"feed_forward.*wi.*(64|128)"):
     checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=3).restore(abstract)
@@ -117,7 +118,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog):
 
 def test_read_params_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="Train first"):
-    checkpoint_lib.read_params(str(tmp_path))
+    checkpoint_reader.read_params(str(tmp_path))
 
 
 def _flip_a_byte_in_the_arrays(step_dir):
@@ -148,7 +149,7 @@ def test_flipped_bytes_are_caught_by_the_checksums_in_training_and_in_readers(tm
   assert any("checksum mismatch" in r.message for r in caplog.records)
   assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))
   # Readers (translate, tune, average) do the same.
-  params, step, config = checkpoint_lib.read_params(str(reader_copy))
+  params, step, config = checkpoint_reader.read_params(str(reader_copy))
   assert step == 1 and config == {"seed": 1}
   assert glob.glob(str(reader_copy / "checkpoints" / "corrupt-2-*"))
   np.testing.assert_array_equal(params["shared_embedding"]["embedding"],
@@ -203,6 +204,6 @@ def test_a_full_disk_fails_the_save_at_once_and_keeps_earlier_checkpoints(tmp_pa
       for _ in range(300):
         ckpt.check_for_errors()
         time.sleep(0.05)
-    assert checkpoint_lib.read_params(str(disk))[1] == 1
+    assert checkpoint_reader.read_params(str(disk))[1] == 1
   finally:
     subprocess.run(["umount", str(disk)], check=False)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import checkpoint_reader
 from transformer_jax import experiment_config, inference
 from transformer_jax.data import Tokenizer, synthetic_pairs
 from transformer_jax.experiment_config import ExperimentConfig
@@ -60,7 +61,7 @@ def test_a_stored_config_this_version_cannot_read_is_refused_with_the_fix(tmp_pa
   _write_workdir(tmp_path, config)
   stored = dict(config, model=dict(config["model"], attention_kind="linear"))
   ckpt = checkpoint_lib.Checkpointer(str(tmp_path), max_to_keep=2)
-  ckpt.save(6, {"params": checkpoint_lib.read_params(str(tmp_path))[0]}, {}, stored)
+  ckpt.save(6, {"params": checkpoint_reader.read_params(str(tmp_path))[0]}, {}, stored)
   ckpt.close()
   with pytest.raises(ValueError, match=r"does not load in this version: config\.model\."
                                        r"attention_kind is not a setting.*retrain"):

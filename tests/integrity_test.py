@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from transformer_jax import integrity
+from transformer_jax import workdir_layout as layout
 
 
 def _step_dir(tmp_path):
@@ -50,4 +51,4 @@ def test_a_pin_counts_while_its_process_lives(tmp_path):
   reader.kill()  # Dies without removing its pin: the pin no longer counts, and is cleaned up.
   reader.wait()
   assert integrity.pinned_steps(str(tmp_path)) == set()
-  assert os.listdir(tmp_path / integrity.PIN_DIR) == []
+  assert os.listdir(tmp_path / layout.PIN_DIR) == []

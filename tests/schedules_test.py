@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transformer_jax import schedules, train_lib
+from transformer_jax import schedules, steps
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import OptimConfig
 from transformer_jax.model import Transformer
@@ -44,7 +44,7 @@ def _optim(**overrides):
 
 def _tiny_params():
   tx, _ = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
-  init = functools.partial(train_lib.init_state, model=Transformer(TransformerConfig.tiny(40)),
+  init = functools.partial(steps.init_state, model=Transformer(TransformerConfig.tiny(40)),
                            tx=tx)
   return jax.jit(init)(jax.random.key(0)).params
 

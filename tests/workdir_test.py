@@ -10,6 +10,7 @@ import time
 import pytest
 
 from transformer_jax import workdir as workdir_lib
+from transformer_jax import workdir_layout as layout
 
 HOLD_LOCK = ("import sys, time; from transformer_jax.workdir import WorkdirLock; "
              "lock = WorkdirLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); "
@@ -37,15 +38,15 @@ def test_the_lock_of_a_killed_holder_is_taken_over_and_released(tmp_path):
   holder = _holder(tmp_path)
   os.kill(holder.pid, signal.SIGKILL)  # No chance to release: the lock file stays.
   holder.wait()
-  assert (tmp_path / workdir_lib.LOCK_FILE).exists()
+  assert (tmp_path / layout.LOCK_FILE).exists()
   with workdir_lib.WorkdirLock(str(tmp_path)):
-    owner = json.loads((tmp_path / workdir_lib.LOCK_FILE).read_text())
+    owner = json.loads((tmp_path / layout.LOCK_FILE).read_text())
     assert owner["pid"] == os.getpid()
-  assert not (tmp_path / workdir_lib.LOCK_FILE).exists()
+  assert not (tmp_path / layout.LOCK_FILE).exists()
 
 
 def test_another_hosts_lock_is_taken_over_only_when_stale(tmp_path):
-  lock_file = tmp_path / workdir_lib.LOCK_FILE
+  lock_file = tmp_path / layout.LOCK_FILE
   lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": "earlier"}))
   with pytest.raises(workdir_lib.WorkdirBusyError, match="host elsewhere.*taken over after 10"):
     workdir_lib.WorkdirLock(str(tmp_path)).acquire()
@@ -63,6 +64,6 @@ def test_resuming_on_another_corpus_is_refused_unless_allowed(tmp_path):
   with pytest.raises(workdir_lib.CorpusChangedError, match="train_corpus: aaaa in the workdir, "
                                                           "bbbb now.*--allow_corpus_change"):
     workdir_lib.check_corpus(str(tmp_path), other, resuming=True)
-  assert json.loads((tmp_path / workdir_lib.CORPUS_FILE).read_text()) == first  # Untouched.
+  assert json.loads((tmp_path / layout.CORPUS_FILE).read_text()) == first  # Untouched.
   assert workdir_lib.check_corpus(str(tmp_path), other, resuming=True, allow_change=True)
-  assert json.loads((tmp_path / workdir_lib.CORPUS_FILE).read_text()) == other
+  assert json.loads((tmp_path / layout.CORPUS_FILE).read_text()) == other

@@ -1,4 +1,4 @@
-"""Orbax CheckpointManager use: save and restore the train state with the data iterator state.
+"""The training run's checkpoints: save and restore the train state with the data iterator state.
 
 Layout: `WORKDIR/checkpoints/<step>/{state, data, config, integrity.json}`: the train state
 (Orbax standard format, restored straight into the sharded abstract state), the data iterator's
@@ -9,6 +9,7 @@ Guarantees: restore verifies a checkpoint before reading it and moves one that f
 every reader alike; retention keeps the last `max_to_keep` (plus every `keep_period`-th), and
 never a step the run resumed from until newer ones exist, nor one a reader has pinned; a save that
 fails raises a `CheckpointSaveError` (path, cause, free space) instead of surfacing later.
+Reading parameters alone (translate, tune, average) is `checkpoint_reader`'s job.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import time
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from transformer_jax import integrity
+from transformer_jax import workdir_layout as layout
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,8 @@ class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, permissions, ...); earlier ones are intact."""
 
 
-class _NoParams(ValueError):
-  """A checkpoint that reads but is not a model's (nothing to fall back to: say so)."""
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
-
-
-def _item_handlers():
+def item_handlers() -> dict:
+  """Orbax's handler of each item of a checkpoint step (state, data, config)."""
   return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
           "config": ocp.JsonCheckpointHandler()}
 
@@ -67,7 +61,7 @@ class Checkpointer:
                async_save: bool = True):
     if max_to_keep < 1:
       raise ValueError(f"keep_checkpoints={max_to_keep}: keep at least 1 checkpoint.")
-    self.directory = checkpoint_dir(workdir)
+    self.directory = layout.checkpoint_dir(workdir)
     self._protected = _KeepProtected(self.directory)
     policies = [checkpoint_managers.LatestN(max_to_keep), self._protected]
     if keep_period:
@@ -78,7 +72,7 @@ class Checkpointer:
         enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)  # What a failed or killed save left behind.
     self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_handlers=_item_handlers())
+                                         item_handlers=item_handlers())
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -199,7 +193,7 @@ class Checkpointer:
 def set_aside(directory: str, step: int, problem: str) -> None:
   """Moves a corrupt checkpoint to `corrupt-<step>-<time>` (never deletes it), with a warning."""
   src = os.path.join(directory, str(step))
-  dst = os.path.join(directory, f"corrupt-{step}-{int(time.time())}")
+  dst = os.path.join(directory, f"{layout.CORRUPT_PREFIX}{step}-{int(time.time())}")
   log.warning("Checkpoint %s is unreadable (%s); moving it to %s and using the previous one.",
               src, problem[:300], dst)
   if jax.process_index() == 0 and os.path.isdir(src):
@@ -247,134 +241,3 @@ def check_compatible(metadata, abstract_state, directory: str, step: int) -> Non
   if extra:
     raise ValueError(f"The checkpoint {where} holds {extra[0]}, which the current config does "
                      f"not have: it was written by a different configuration. {advice}")
-
-
-def _open_read_only(directory: str, workdir: str):
-  if not os.path.isdir(directory) and os.path.basename(directory) == "averaged":
-    raise FileNotFoundError(f"{workdir} has no averaged checkpoint: write one with `python "
-                            f"average_checkpoints.py --workdir {workdir} --num_last N`, or use "
-                            "--checkpoint average:N.")
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No checkpoints in {workdir}: {directory} does not exist. Train "
-                            "first with `python train.py --workdir ...`.")
-  # The PyTree handler reads the same files as the Standard one that wrote them, and can read
-  # the parameters alone: 0.07 s instead of 0.9 s for the whole train state (demo workdir).
-  handlers = {"state": ocp.PyTreeCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
-  manager = ocp.CheckpointManager(directory, item_handlers=handlers,
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
-  steps = sorted(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f"{directory} holds no finished checkpoint. Train first (or longer).")
-  return manager, steps
-
-
-def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | None:
-  """Params and config of `step`, pinned while read; None if it is gone or was set aside."""
-  step_dir = os.path.join(directory, str(step))
-  with integrity.Pin(directory, step):
-    if not os.path.isdir(step_dir):
-      return None  # Deleted by the training run's retention before the pin.
-    problem = integrity.verify(step_dir)
-    if problem is None:
-      try:
-        saved = manager.item_metadata(step)["state"]
-        saved = getattr(saved, "tree", saved)
-        if not isinstance(saved, dict) or "params" not in saved:
-          raise _NoParams(f"Checkpoint {step_dir} holds no model parameters ('params').")
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=_params_only(saved["params"]), config=ocp.args.JsonRestore()))
-      except _NoParams:
-        raise
-      except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
-        if not os.path.isdir(step_dir):
-          return None
-        problem = f"{type(e).__name__}: {str(e)[:300]}"
-    if problem is not None:
-      set_aside(directory, step, problem)
-      return None
-  return restored["state"]["params"], dict(restored["config"] or {})
-
-
-def _params_only(saved_params) -> ocp.args.PyTreeRestore:
-  """Restore arguments for the parameters alone, as host numpy arrays whatever topology saved
-  them (e.g. 8 training devices); the optimizer state is never read."""
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved_params)
-  restore_args = jax.tree.map(lambda m: ocp.RestoreArgs(restore_type=np.ndarray), saved_params)
-  return ocp.args.PyTreeRestore(item={"params": target}, restore_args={"params": restore_args},
-                                partial_restore=True)
-
-
-def _readable(workdir: str, subdir: str, step: int | None = None):
-  """Yields `(step, params, config)` of each checkpoint that reads correctly, newest first (or
-  of `step` alone); corrupt ones are moved aside and skipped."""
-  directory = os.path.join(os.path.abspath(workdir), subdir)
-  manager, steps = _open_read_only(directory, workdir)
-  if step is not None and step not in steps:
-    manager.close()
-    raise ValueError(f"Step {step} has no checkpoint in {directory}; available: {steps}.")
-  try:
-    for candidate in [step] if step is not None else reversed(steps):
-      restored = _restore_params(manager, directory, candidate)
-      if restored is not None:
-        yield candidate, restored[0], restored[1]
-  finally:
-    manager.close()
-
-
-def _no_readable(workdir: str, subdir: str) -> FileNotFoundError:
-  return FileNotFoundError(f"No readable checkpoint left in {os.path.join(workdir, subdir)}: "
-                           "corrupt ones were moved to corrupt-<step>-<time>. Train again.")
-
-
-def read_params(workdir: str, step: int | None = None, *,
-                subdir: str = "checkpoints") -> tuple[dict, int, dict]:
-  """Only the model parameters of one checkpoint: `(params, step, config_dict)`, numpy arrays.
-
-  Without `step`, the newest checkpoint that verifies (corrupt ones are moved aside).
-  `subdir="averaged"` reads the checkpoints written by `save_averaged`.
-  """
-  for found, params, config in _readable(workdir, subdir, step):
-    return params, found, config
-  raise _no_readable(workdir, subdir)
-
-
-def average_params(workdir: str, num_last: int) -> tuple[dict, list[int], dict]:
-  """The mean of the parameters of the last `num_last` good checkpoints (the paper: 5 / 20)."""
-  if num_last < 1:
-    raise ValueError(f"Average over at least one checkpoint, got {num_last}.")
-  _, steps = _open_read_only(checkpoint_dir(workdir), workdir)
-  if num_last > len(steps):
-    raise ValueError(f"Asked to average the last {num_last} checkpoints, but "
-                     f"{checkpoint_dir(workdir)} holds {len(steps)}: {steps}. Keep more "
-                     "(config.keep_checkpoints) or average fewer.")
-  total, chosen, config = None, [], {}
-  for step, params, step_config in _readable(workdir, "checkpoints"):
-    params = jax.tree.map(lambda x: x.astype(np.float64), params)  # One at a time in memory.
-    total = params if total is None else jax.tree.map(np.add, total, params)
-    chosen.append(step)
-    config = config or step_config
-    if len(chosen) == num_last:
-      break
-  if len(chosen) < num_last:
-    raise ValueError(f"Only {len(chosen)} checkpoints of {checkpoint_dir(workdir)} read "
-                     f"correctly ({sorted(chosen)}); average fewer than {num_last}.")
-  mean = jax.tree.map(lambda x: (x / num_last).astype(np.float32), total)
-  return mean, sorted(chosen), config
-
-
-def save_averaged(workdir: str, num_last: int) -> tuple[str, list[int]]:
-  """Writes the average of the last `num_last` checkpoints to `WORKDIR/averaged/<last step>`."""
-  params, chosen, config = average_params(workdir, num_last)
-  directory = os.path.join(os.path.abspath(workdir), "averaged")
-  manager = ocp.CheckpointManager(directory, item_handlers=_item_handlers(),
-                                  options=ocp.CheckpointManagerOptions(create=True))
-  step = chosen[-1]
-  if step in manager.all_steps():
-    manager.delete(step)  # A newer average of the same last step replaces the old one.
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave({"params": params}),
-      data=ocp.args.JsonSave({"averaged_steps": chosen}), config=ocp.args.JsonSave(config)))
-  manager.wait_until_finished()
-  manager.close()
-  integrity.write_checksums(os.path.join(directory, str(step)))
-  return os.path.join(directory, str(step)), chosen

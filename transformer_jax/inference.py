@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import checkpoint_reader
+from transformer_jax import workdir_layout as layout
 from transformer_jax.data.workdir_tokenizer import TOKENIZER_FILE, load_workdir_tokenizer
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
@@ -24,17 +25,17 @@ CHECKPOINT_CHOICES = "latest, a step number, average:N or averaged"
 def load_params(workdir: str, checkpoint: str = "latest") -> tuple[Any, dict, str]:
   """(params, config_dict, description) for `checkpoint`: latest, a step, average:N or averaged."""
   if checkpoint == "latest":
-    params, step, config = checkpoint_lib.read_params(workdir)
+    params, step, config = checkpoint_reader.read_params(workdir)
     return params, config, f"checkpoint {step}"
-  if checkpoint == "averaged":
-    params, step, config = checkpoint_lib.read_params(workdir, subdir="averaged")
+  if checkpoint == layout.AVERAGED_DIR:
+    params, step, config = checkpoint_reader.read_params(workdir, subdir=layout.AVERAGED_DIR)
     return params, config, f"averaged checkpoint ending at {step}"
   count = checkpoint.removeprefix("average:")
   if count != checkpoint and count.isdigit():
-    params, steps, config = checkpoint_lib.average_params(workdir, int(count))
+    params, steps, config = checkpoint_reader.average_params(workdir, int(count))
     return params, config, f"average of checkpoints {steps}"
   if checkpoint.isdigit():
-    params, step, config = checkpoint_lib.read_params(workdir, int(checkpoint))
+    params, step, config = checkpoint_reader.read_params(workdir, int(checkpoint))
     return params, config, f"checkpoint {step}"
   raise ValueError(f"--checkpoint {checkpoint!r}: use {CHECKPOINT_CHOICES}.")
 

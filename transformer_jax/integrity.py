@@ -20,10 +20,10 @@ import socket
 import time
 import uuid
 
+from transformer_jax.workdir_layout import INTEGRITY_FILE, PIN_DIR
+
 log = logging.getLogger(__name__)
 
-INTEGRITY_FILE = "integrity.json"
-PIN_DIR = ".pins"
 PIN_STALE_SECONDS = 3600.0
 _CHUNK = 1 << 22
 

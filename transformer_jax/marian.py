@@ -28,12 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from transformer_jax.config import TransformerConfig
-from transformer_jax.data.workdir_tokenizer import MARIAN_TOKENIZER_DIR, TOKENIZER_FILE
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.experiment_config import DataConfig, ExperimentConfig, OptimConfig
 from transformer_jax.model import Transformer, sinusoidal_encoding
+from transformer_jax.workdir_layout import MARIAN_IMPORT_FILE, MARIAN_TOKENIZER_DIR, MODEL_ENTRIES
 
-IMPORT_FILE = "marian_import.json"
 _ACTIVATIONS = {"swish": "swish", "silu": "swish", "relu": "relu", "gelu": "gelu_exact",
                 "gelu_new": "gelu", "gelu_pytorch_tanh": "gelu"}
 # config.json fields whose non-default values these modules cannot express: (field, default,
@@ -295,7 +294,7 @@ def _read_json(directory: str, name: str, required: bool = True) -> dict[str, An
 
 
 def _check_target(workdir: str) -> None:
-  for name in ("checkpoints", MARIAN_TOKENIZER_DIR, TOKENIZER_FILE):
+  for name in MODEL_ENTRIES:
     if os.path.exists(os.path.join(workdir, name)):
       raise ValueError(f"--workdir {workdir} already holds a model ({name}); import into a new "
                        "directory.")
@@ -360,14 +359,14 @@ def import_marian(model: str, workdir: str) -> dict[str, Any]:
   record = {"model": model, "directory": os.path.abspath(directory), "marian_pad_id": marian_pad,
             "tokenizer": tokenizer.fingerprint, "decoding": decoding_settings(directory),
             "experiment": experiment.to_dict()}
-  with open(os.path.join(workdir, IMPORT_FILE), "w", encoding="utf-8") as f:
+  with open(os.path.join(workdir, MARIAN_IMPORT_FILE), "w", encoding="utf-8") as f:
     json.dump(record, f, indent=1)
   return record
 
 
 def imported_experiment(workdir: str) -> dict[str, Any]:
   """The experiment configuration (a nested dict) that `import_marian` stored in `workdir`."""
-  path = os.path.join(workdir, IMPORT_FILE)
+  path = os.path.join(workdir, MARIAN_IMPORT_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing: import a model into {workdir} first with "
                             "`python import_marian.py --model ID --workdir ...`.")

@@ -125,7 +125,7 @@ class FeedForward(nn.Module):
   config: TransformerConfig
 
   @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+  def __call__(self, x: Array) -> Array:
     cfg = self.config
     dense = functools.partial(nn.Dense, kernel_init=dense_init, dtype=cfg.compute_dtype,
                               param_dtype=cfg.param_dtype)
@@ -167,7 +167,7 @@ class EncoderLayer(nn.Module):
         deterministic=deterministic)
     ffn = FeedForward(cfg, name="feed_forward")
     x = SubLayer(cfg, name="ffn_block")(
-        x, lambda h: ffn(h, deterministic=deterministic), deterministic=deterministic)
+        x, ffn, deterministic=deterministic)
     return x, None  # (carry, output) so that the layer can be scanned.
 
 
@@ -198,7 +198,7 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic)
     ffn = FeedForward(cfg, name="feed_forward")
     y = SubLayer(cfg, name="ffn_block")(
-        y, lambda h: ffn(h, deterministic=deterministic), deterministic=deterministic)
+        y, ffn, deterministic=deterministic)
     return y, None
 
 

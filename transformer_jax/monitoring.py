@@ -7,6 +7,8 @@ import logging
 import math
 import os
 
+from transformer_jax import workdir_layout as layout
+
 log = logging.getLogger(__name__)
 
 
@@ -18,13 +20,13 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = layout.path(workdir, layout.METRICS_FILE)
     self._tb = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
       try:
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(layout.path(workdir, layout.TENSORBOARD_DIR))
       except Exception as e:  # TensorBoard is a convenience: never fail training for it.
         log.warning("TensorBoard logging disabled: %s", e)
 

@@ -20,12 +20,10 @@ import numpy as np
 from transformer_jax import checkpoint as checkpoint_lib
 from transformer_jax import experiment_config, monitoring, schedules, sharding, steps
 from transformer_jax import workdir as workdir_lib
+from transformer_jax import workdir_layout as layout
 from transformer_jax.experiment_config import ExperimentConfig
 from transformer_jax.model import Transformer
-
-# The step API, re-exported: train_lib has long been where users import it from.
-from transformer_jax.steps import (TrainState, cross_entropy_loss, eval_step,  # noqa: F401
-                                   init_state, train_step)
+from transformer_jax.steps import TrainState, init_state
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +115,14 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
 # ----------------------------------------------------------------------------- the loop
 
 
-def train_and_evaluate(config, workdir: str, *, eval_hook=None,
+def train_and_evaluate(config, workdir: str, *,
                        allow_corpus_change: bool = False) -> dict[str, Any]:
   """Trains `config` in `workdir`, resuming from its latest checkpoint; returns final metrics.
 
   `config` is an `ExperimentConfig` or a ConfigDict / dict of one (validated here). At eval
-  steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set;
-  `eval_hook(params, model, data, step) -> dict` adds more metrics. The workdir is locked for
-  the whole run (`workdir.WorkdirLock`); resuming it on another corpus is refused unless
-  `allow_corpus_change`.
+  steps it logs eval loss, and BLEU/chrF when `config.eval_bleu_examples` is set. The workdir
+  is locked for the whole run (`workdir.WorkdirLock`); resuming it on another corpus is refused
+  unless `allow_corpus_change`.
 
   Raises:
     WorkdirBusyError: another live run holds the workdir.
@@ -139,11 +136,11 @@ def train_and_evaluate(config, workdir: str, *, eval_hook=None,
   with _workdir_lock(workdir):
     run = setup(config, workdir, allow_corpus_change=allow_corpus_change)
     try:
-      final = _loop(run, eval_hook)
+      final = _loop(run)
     finally:
       run.close()
   if run.is_main:
-    monitoring.plot_curves(run.writer.path, os.path.join(workdir, "curves.png"))
+    monitoring.plot_curves(run.writer.path, layout.path(workdir, layout.CURVES_FILE))
   return final
 
 
@@ -171,7 +168,7 @@ def _workdir_lock(workdir: str):
       lock.release()
 
 
-def _loop(run: Run, eval_hook) -> dict[str, Any]:
+def _loop(run: Run) -> dict[str, Any]:
   """Train, log, evaluate, save, stop on preemption: one step at a time."""
   c = run.config
   metrics_log = _MetricsLog(run.writer, run.checkpointer.directory, run.start_step)
@@ -191,7 +188,7 @@ def _loop(run: Run, eval_hook) -> dict[str, Any]:
         final.update(metrics_log.flush(step))
         progress.complete(final)
       if c.eval_every_steps and (step % c.eval_every_steps == 0 or is_last):
-        final.update(_evaluate(run, step, eval_hook))
+        final.update(_evaluate(run, step))
         metrics_log.restart_clock()  # Evaluation time is not training throughput.
       if save_due or stop:
         _save(run, step, metrics_log)
@@ -215,13 +212,11 @@ def _save(run: Run, step: int, metrics_log: _MetricsLog) -> None:
     metrics_log.last_saved = step
 
 
-def _evaluate(run: Run, step: int, eval_hook) -> dict[str, Any]:
-  """Eval loss (+ BLEU / chrF and samples, + the hook's metrics), written at `step`."""
+def _evaluate(run: Run, step: int) -> dict[str, Any]:
+  """Eval loss (+ BLEU / chrF and samples), written at `step`."""
   metrics = evaluate(run.eval_step, run.state.params, run.data.eval_batches(), run.mesh)
   bleu, samples = translation_metrics(run.config, run.state.params, run.model, run.data)
   metrics.update(bleu)
-  if eval_hook is not None:
-    metrics.update(eval_hook(run.state.params, run.model, run.data, step))
   run.writer.write(step, metrics)
   log.info("step %d: %s", step, {k: round(v, 4) for k, v in metrics.items()})
   return {**metrics, "samples": samples}

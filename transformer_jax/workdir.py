@@ -20,11 +20,10 @@ import threading
 import time
 
 from transformer_jax.integrity import pid_alive
+from transformer_jax.workdir_layout import CORPUS_FILE, LOCK_FILE
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "train.lock"
-CORPUS_FILE = "corpus.json"
 HEARTBEAT_SECONDS = 60.0
 STALE_SECONDS = 600.0  # A lock from another host not refreshed for this long is taken over.
 

@@ -14,13 +14,11 @@ from transformer_jax.data import corpus as corpus_lib
 from transformer_jax.data import pipeline, synthetic
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
-from transformer_jax.data.workdir_tokenizer import TOKENIZER_FILE, load_workdir_tokenizer
+from transformer_jax.data.workdir_tokenizer import load_workdir_tokenizer
 from transformer_jax.experiment_config import DataConfig
+from transformer_jax.workdir_layout import DATA_CACHE_DIR, TOKENIZER_FILE
 
 log = logging.getLogger(__name__)
-
-CACHE_DIR = "data_cache"
-
 
 @dataclasses.dataclass
 class DataBundle:
@@ -92,7 +90,7 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
   if check_corpus is not None:
     check_corpus({"train_corpus": train._fingerprint,  # pylint: disable=protected-access
                   "tokenizer": tokenizer.fingerprint})
-  cache_dir = os.path.join(workdir, CACHE_DIR)
+  cache_dir = os.path.join(workdir, DATA_CACHE_DIR)
   train_tokens = pipeline.tokenize_split(train, tokenizer, cache_dir, name=f"{c.train_split}")
   train_keep = pipeline.filter_pairs(train_tokens, c.max_len, name=f"{name} {c.train_split}")
   train_iter = pipeline.make_train_iterator(

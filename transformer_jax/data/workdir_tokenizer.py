@@ -7,9 +7,8 @@ import os
 
 from transformer_jax.data.marian_tokenizer import MarianTokenizer
 from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.workdir_layout import MARIAN_TOKENIZER_DIR, TOKENIZER_FILE
 
-TOKENIZER_FILE = "tokenizer.model"
-MARIAN_TOKENIZER_DIR = "marian_tokenizer"  # Written by import_marian.py.
 
 
 def load_workdir_tokenizer(workdir: str) -> Tokenizer | MarianTokenizer | None:
