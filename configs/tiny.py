@@ -1,23 +1,15 @@
-"""A seconds-long run for tests: the synthetic task with a 1+1-layer d_model 32 model."""
+"""A seconds-long run for tests: the synthetic task with the tiny model (2+2 layers, d_model 32)."""
 
 from transformer_jax.experiment_config import base_config
 
 
 def get_config():
-  c = base_config()
+  c = base_config(model="tiny")
   c.num_train_steps = 20
   c.log_every_steps = 1
   c.eval_every_steps = 10
   c.checkpoint_every_steps = 10
   c.keep_checkpoints = 10
-
-  m = c.model
-  m.d_model = 32
-  m.num_heads = 4
-  m.d_ff = 64
-  m.num_encoder_layers = 1
-  m.num_decoder_layers = 1
-  m.max_len = 64
 
   d = c.data
   d.dataset = "synthetic"

@@ -5,6 +5,8 @@ import glob
 import importlib.util
 import json
 import os
+import re
+import typing
 
 import ml_collections
 import pytest
@@ -96,3 +98,29 @@ def test_model_config_takes_the_tokenizers_vocabulary_and_ids():
   config = ExperimentConfig.from_dict({"model": {"d_model": 64, "num_heads": 4}})
   model = config.model_config(vocab_size=321, pad_id=0, bos_id=2, eos_id=3)
   assert (model.vocab_size, model.bos_id, model.eos_id, model.d_model) == (321, 2, 3, 64)
+
+
+@pytest.mark.parametrize("block, prefix", [(TransformerConfig, "config.model."),
+                                           (DataConfig, "config.data."),
+                                           (OptimConfig, "config.optim."),
+                                           (ExperimentConfig, "config.")])
+def test_every_choice_is_a_literal_checked_where_the_config_is_built(block, prefix):
+  literal_fields = [f.name for f in dataclasses.fields(block)
+                    if typing.get_origin(typing.get_type_hints(block)[f.name]) is typing.Literal]
+  assert literal_fields, block  # Each block has choices, all typed as Literal.
+  for name in literal_fields:
+    bad = {name: "bogus"}
+    nested = bad if prefix == "config." else {prefix.split(".")[1]: bad}
+    with pytest.raises(ConfigError, match=rf"{re.escape(prefix)}{name}='bogus': must be one of"):
+      ExperimentConfig.from_dict(nested)
+
+
+def test_presets_are_defined_once_and_configs_use_them():
+  tiny = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "tiny.py")))
+  assert tiny.model == TransformerConfig.tiny(DataConfig.vocab_size)
+  big = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "wmt14_big.py")))
+  assert big.model == TransformerConfig.big(DataConfig.vocab_size, scan_layers=True)
+  base = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "wmt14_base.py")))
+  assert base.model == TransformerConfig.base(DataConfig.vocab_size)
+  with pytest.raises(ValueError, match="No model preset 'huge'"):
+    experiment_config.base_config(model="huge")

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
+import typing
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-_ACTIVATIONS = ("relu", "gelu", "gelu_exact", "swish")
-_POSITIONAL = ("sinusoidal", "learned")
-_SINUSOID_LAYOUTS = ("interleaved", "split")
-_ATTENTION_IMPLS = ("auto", "xla", "cudnn", "plain")
+Activation = Literal["relu", "gelu", "gelu_exact", "swish"]
+Positional = Literal["sinusoidal", "learned"]
+SinusoidLayout = Literal["interleaved", "split"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "plain"]
+
+# The paper's models (Table 3) and a small one for tests and demos: the fields each preset sets.
+# The dataclass defaults are Transformer-base, so "base" changes nothing.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2, num_decoder_layers=2,
+                 dropout_rate=0.1, max_len=256),
+    "base": {},
+    "big": dict(d_model=1024, num_heads=16, d_ff=4096, dropout_rate=0.3),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +86,14 @@ class TransformerConfig:
   pad_id: int = 0
   bos_id: int = 1
   eos_id: int = 2
-  activation: str = "relu"
-  positional: str = "sinusoidal"
-  sinusoid_layout: str = "interleaved"
+  activation: Activation = "relu"
+  positional: Positional = "sinusoidal"
+  sinusoid_layout: SinusoidLayout = "interleaved"
   scale_embeddings: bool = True
   logits_bias: bool = False
   decoder_start_is_pad: bool = False
   layer_norm_epsilon: float = 1e-6
-  attention_impl: str = "auto"
+  attention_impl: AttentionImpl = "auto"
   scan_layers: bool = False
   remat: bool = False
 
@@ -112,12 +123,7 @@ class TransformerConfig:
         raise ValueError(f"TransformerConfig.{name}={value} is outside the vocabulary "
                          f"[0, vocab_size={self.vocab_size}); use an id below vocab_size.")
     self._check_special_ids(ids)
-    for name, allowed in (("activation", _ACTIVATIONS), ("positional", _POSITIONAL),
-                          ("sinusoid_layout", _SINUSOID_LAYOUTS),
-                          ("attention_impl", _ATTENTION_IMPLS)):
-      if getattr(self, name) not in allowed:
-        raise ValueError(f"TransformerConfig.{name}={getattr(self, name)!r} is not one of "
-                         f"{allowed}.")
+    check_choices(self, "TransformerConfig")
     for name in ("dtype", "param_dtype"):
       value = getattr(self, name)
       if name == "dtype" and value == "auto":
@@ -163,25 +169,26 @@ class TransformerConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
+  def preset(cls, name: str, vocab_size: int, **overrides) -> TransformerConfig:
+    """The model of `PRESETS[name]` ("tiny", "base" or "big"), with `overrides` on top."""
+    if name not in PRESETS:
+      raise ValueError(f"No model preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return cls(vocab_size=vocab_size, **{**PRESETS[name], **overrides})
+
+  @classmethod
   def tiny(cls, vocab_size: int, **overrides) -> TransformerConfig:
     """A 2+2-layer, d_model 32 model for tests and demos."""
-    fields = dict(d_model=32, num_heads=4, d_ff=64, num_encoder_layers=2,
-                  num_decoder_layers=2, dropout_rate=0.1, max_len=256)
-    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+    return cls.preset("tiny", vocab_size, **overrides)
 
   @classmethod
   def base(cls, vocab_size: int, **overrides) -> TransformerConfig:
     """Transformer-base, Table 3 of the paper: 512 / 2048 / 8 heads / 6+6 / P_drop 0.1."""
-    fields = dict(d_model=512, num_heads=8, d_ff=2048, num_encoder_layers=6,
-                  num_decoder_layers=6, dropout_rate=0.1)
-    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+    return cls.preset("base", vocab_size, **overrides)
 
   @classmethod
   def big(cls, vocab_size: int, **overrides) -> TransformerConfig:
     """Transformer-big, Table 3 of the paper: 1024 / 4096 / 16 heads / 6+6 / P_drop 0.3."""
-    fields = dict(d_model=1024, num_heads=16, d_ff=4096, num_encoder_layers=6,
-                  num_decoder_layers=6, dropout_rate=0.3)
-    return cls(vocab_size=vocab_size, **{**fields, **overrides})
+    return cls.preset("big", vocab_size, **overrides)
 
 
 def _divisors_near(n: int, k: int) -> list[int]:
@@ -198,3 +205,23 @@ def require_int(name: str, value: Any, *, minimum: int | None = None) -> int:
                                                                       f"an integer >= {minimum}")
     raise ValueError(f"{name} must be {kind}, got {value!r}.")
   return int(value)
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+  """The allowed values of a `Literal` type, e.g. `choices(Activation)`."""
+  return typing.get_args(kind)
+
+
+@functools.cache
+def _literal_fields(cls: type) -> dict[str, tuple[str, ...]]:
+  hints = typing.get_type_hints(cls)
+  return {name: choices(kind) for name, kind in hints.items()
+          if typing.get_origin(kind) is Literal}
+
+
+def check_choices(instance: Any, where: str, error: type[Exception] = ValueError) -> None:
+  """The one check of every `Literal`-typed field of a config dataclass: `error` naming it."""
+  for name, allowed in _literal_fields(type(instance)).items():
+    value = getattr(instance, name)
+    if value not in allowed:
+      raise error(f"{where}.{name}={value!r}: must be one of {', '.join(allowed)}.")

@@ -14,19 +14,23 @@ import dataclasses
 import difflib
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import ml_collections
 
-from transformer_jax.config import TransformerConfig, require_int
+from transformer_jax.config import TransformerConfig, check_choices, choices, require_int
 
 # Fixed by the tokenizer at training time, not by the config.
 TOKENIZER_FIELDS = ("vocab_size", "pad_id", "bos_id", "eos_id")
-SCHEDULES = ("paper", "rsqrt", "cosine", "constant")
-WEIGHT_DECAY_MASKS = ("all", "matrices")
-PARALLELISMS = ("jit", "shard_map")
-BLEU_TOKENIZERS = ("13a", "none", "intl", "zh", "char", "ja-mecab", "ko-mecab", "spm",
-                   "flores101", "flores200")
+ScheduleKind = Literal["paper", "rsqrt", "cosine", "constant"]
+WeightDecayMask = Literal["all", "matrices"]
+Parallelism = Literal["jit", "shard_map"]
+BleuTokenizer = Literal["13a", "none", "intl", "zh", "char", "ja-mecab", "ko-mecab", "spm",
+                        "flores101", "flores200"]
+PARALLELISMS = choices(Parallelism)
+TokenizerType = Literal["bpe", "unigram"]
+ProcessSharding = Literal["shard", "rows"]
+SyntheticTask = Literal["dates", "numbers"]
 
 
 class ConfigError(ValueError):
@@ -38,8 +42,8 @@ def _check(condition: bool, key: str, value: Any, requirement: str) -> None:
     raise ConfigError(f"config.{key}={value!r}: {requirement}.")
 
 
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-  _check(value in allowed, key, value, f"must be one of {', '.join(allowed)}")
+def _check_choices(block: Any, prefix: str) -> None:
+  check_choices(block, f"config.{prefix}" if prefix else "config", ConfigError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +97,7 @@ class DataConfig:
   train_split: str = "train"
   eval_split: str = "validation"
   vocab_size: int = 37_000
-  tokenizer_type: str = "bpe"
+  tokenizer_type: TokenizerType = "bpe"
   tokenizer_max_sentences: int = 2_000_000
   max_len: int = 64
   eval_max_len: int = 0
@@ -104,8 +108,8 @@ class DataConfig:
   prefetch: int = 2
   eval_batch_size: int = 64
   num_eval_examples: int = -1
-  process_sharding: str = "shard"
-  synthetic_task: str = "dates"
+  process_sharding: ProcessSharding = "shard"
+  synthetic_task: SyntheticTask = "dates"
   synthetic_train_size: int = 20_000
   synthetic_eval_size: int = 500
   synthetic_seed: int = 0
@@ -123,9 +127,7 @@ class DataConfig:
     _check(self.max_len <= self.seq_len, "data.max_len", self.max_len,
            f"exceeds data.seq_len={self.seq_len}: a pair must fit in a row; lower max_len or "
            "raise seq_len")
-    _choice("data.process_sharding", self.process_sharding, ("shard", "rows"))
-    _choice("data.tokenizer_type", self.tokenizer_type, ("bpe", "unigram"))
-    _choice("data.synthetic_task", self.synthetic_task, ("dates", "numbers"))
+    _check_choices(self, "data")
     _check(bool(self.data_dir or self.dataset), "data.dataset", self.dataset,
            "set data.data_dir (a local corpus) or data.dataset ('synthetic' or a hub id)")
     _check(self.source_lang != self.target_lang, "data.target_lang", self.target_lang,
@@ -162,7 +164,7 @@ class OptimConfig:
     grad_clip_norm: Global-norm gradient clipping (0 = off), >= 0.
     grad_accum_steps: Accumulate gradients over k batches per update (optax.MultiSteps), >= 1.
   """
-  schedule: str = "paper"
+  schedule: ScheduleKind = "paper"
   warmup_steps: int = 4_000
   schedule_scale: float = 1.0
   peak_learning_rate: float = 1e-3
@@ -171,14 +173,13 @@ class OptimConfig:
   b2: float = 0.98
   eps: float = 1e-9
   weight_decay: float = 0.0
-  weight_decay_mask: str = "all"
+  weight_decay_mask: WeightDecayMask = "all"
   label_smoothing: float = 0.1
   grad_clip_norm: float = 0.0
   grad_accum_steps: int = 1
 
   def __post_init__(self):
-    _choice("optim.schedule", self.schedule, SCHEDULES)
-    _choice("optim.weight_decay_mask", self.weight_decay_mask, WEIGHT_DECAY_MASKS)
+    _check_choices(self, "optim")
     minimum = 0 if self.schedule == "constant" else 1
     _check(self.warmup_steps >= minimum, "optim.warmup_steps", self.warmup_steps,
            f"must be >= {minimum} for the {self.schedule!r} schedule")
@@ -237,10 +238,10 @@ class ExperimentConfig:
   keep_every_steps: int = 0
   eval_bleu_examples: int = 0
   eval_beam_size: int = 4
-  eval_bleu_tokenize: str = "13a"
+  eval_bleu_tokenize: BleuTokenizer = "13a"
   num_sample_translations: int = 3
   fsdp: bool = False
-  parallelism: str = "jit"
+  parallelism: Parallelism = "jit"
   model: TransformerConfig = dataclasses.field(default_factory=_default_model)
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
   optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
@@ -254,8 +255,7 @@ class ExperimentConfig:
       _check(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
     _check(self.eval_bleu_examples >= -1, "eval_bleu_examples", self.eval_bleu_examples,
            "must be >= 0, or -1 for all")
-    _choice("eval_bleu_tokenize", self.eval_bleu_tokenize, BLEU_TOKENIZERS)
-    _choice("parallelism", self.parallelism, PARALLELISMS)
+    _check_choices(self, "")
 
   def to_dict(self) -> dict[str, Any]:
     """Plain nested dict of every setting (JSON-ready); `from_dict` reads it back."""
@@ -281,9 +281,11 @@ class ExperimentConfig:
 # ----------------------------------------------------------------------------- the edge
 
 
-def base_config() -> ml_collections.ConfigDict:
-  """Every setting at its default, as the ConfigDict that `configs/*.py` start from."""
-  return ml_collections.ConfigDict(ExperimentConfig().to_dict())
+def base_config(model: str = "base") -> ml_collections.ConfigDict:
+  """Every setting at its default, the model block a `config.PRESETS` model ("tiny", "base",
+  "big"): the ConfigDict that `configs/*.py` start from."""
+  preset = TransformerConfig.preset(model, vocab_size=DataConfig.vocab_size)
+  return ml_collections.ConfigDict(ExperimentConfig(model=preset).to_dict())
 
 
 def from_config_dict(config: Any) -> ExperimentConfig:
@@ -361,7 +363,7 @@ _TYPE_NAMES = {int: "an integer", float: "a number", bool: "True or False", str:
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:
   """`value` as `kind` (int, float, bool, str; Any = a dtype name), or a ConfigError."""
-  if kind is Any:
+  if kind is Any or typing.get_origin(kind) is Literal:  # A dtype name, or a choice.
     kind = str
   if kind is int and isinstance(value, float) and value.is_integer():
     value = int(value)

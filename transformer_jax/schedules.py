@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from transformer_jax.experiment_config import SCHEDULES, WEIGHT_DECAY_MASKS, OptimConfig
+from transformer_jax.experiment_config import OptimConfig, ScheduleKind, WeightDecayMask
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -50,21 +50,18 @@ def cosine_schedule(peak: float, warmup_steps: int, total_steps: int,
       decay_steps=max(total_steps, warmup_steps + 1), end_value=end_fraction * peak)
 
 
-def create_schedule(kind: str, *, d_model: int, warmup_steps: int, peak_learning_rate: float,
-                    total_steps: int, scale: float = 1.0, end_fraction: float = 0.0) -> Schedule:
-  """The schedule named by `kind` (one of experiment_config.SCHEDULES), in paper step numbering."""
-  if warmup_steps <= 0 and kind != "constant":
-    raise ValueError(f"optim.warmup_steps must be positive for the '{kind}' schedule, "
-                     f"got {warmup_steps}.")
-  if kind == "paper":
-    return paper_schedule(d_model, warmup_steps, scale)
-  if kind == "rsqrt":
-    return rsqrt_schedule(peak_learning_rate, warmup_steps)
-  if kind == "cosine":
-    return cosine_schedule(peak_learning_rate, warmup_steps, total_steps, end_fraction)
-  if kind == "constant":
-    return lambda step: jnp.full((), peak_learning_rate, jnp.float32)
-  raise ValueError(f"optim.schedule={kind!r} is not one of {SCHEDULES}.")
+def create_schedule(kind: ScheduleKind, *, d_model: int, warmup_steps: int,
+                    peak_learning_rate: float, total_steps: int, scale: float = 1.0,
+                    end_fraction: float = 0.0) -> Schedule:
+  """The schedule named by `kind`, in paper step numbering (arguments as `OptimConfig` checks)."""
+  builders = {
+      "paper": lambda: paper_schedule(d_model, warmup_steps, scale),
+      "rsqrt": lambda: rsqrt_schedule(peak_learning_rate, warmup_steps),
+      "cosine": lambda: cosine_schedule(peak_learning_rate, warmup_steps, total_steps,
+                                        end_fraction),
+      "constant": lambda: lambda step: jnp.full((), peak_learning_rate, jnp.float32),
+  }
+  return builders[kind]()
 
 
 def optimizer_schedule(schedule: Schedule) -> Schedule:
@@ -75,7 +72,7 @@ def optimizer_schedule(schedule: Schedule) -> Schedule:
 # ----------------------------------------------------------------------------- the optimizer
 
 
-def weight_decay_mask(kind: str):
+def weight_decay_mask(kind: WeightDecayMask):
   """The `mask` argument of `optax.adamw` for `optim.weight_decay_mask`.
 
   "all" decays every parameter (mask None: the optimizer state has no mask wrapper, so
@@ -85,13 +82,11 @@ def weight_decay_mask(kind: str):
   """
   if kind == "all":
     return None
-  if kind == "matrices":
-    def is_matrix(path, _):
-      last = path[-1]
-      return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
-    return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
-  raise ValueError(f"optim.weight_decay_mask={kind!r} is not one of "
-                   f"{WEIGHT_DECAY_MASKS}.")
+
+  def is_matrix(path, _):
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) in ("kernel", "embedding")
+  return lambda params: jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
 def create_optimizer(o: OptimConfig, *, d_model: int, num_train_steps: int):

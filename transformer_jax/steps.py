@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from transformer_jax import sharding
 from transformer_jax.losses import cross_entropy_loss, projected_cross_entropy
-from transformer_jax.experiment_config import PARALLELISMS
+from transformer_jax.experiment_config import Parallelism
 from transformer_jax.model import Transformer
 from transformer_jax.sharding import DATA_AXIS
 
@@ -181,7 +181,7 @@ def shard_map_eval_step(params, batch: dict[str, jax.Array], *, model: Transform
 # ----------------------------------------------------------------------------- compiled steps
 
 
-def compile_steps(parallelism: str, *, model: Transformer, mesh: jax.sharding.Mesh,
+def compile_steps(parallelism: Parallelism, *, model: Transformer, mesh: jax.sharding.Mesh,
                   state_shardings, dropout_key: jax.Array, label_smoothing: float,
                   schedule) -> tuple[Callable, Callable]:
   """The jitted `(state, batch) -> (state, metrics)` and `(params, batch) -> sums` steps.
@@ -191,8 +191,6 @@ def compile_steps(parallelism: str, *, model: Transformer, mesh: jax.sharding.Me
       explicit collectives); both give the same update.
     state_shardings: `NamedSharding`s of the train state (`sharding.state_shardings`).
   """
-  if parallelism not in PARALLELISMS:
-    raise ValueError(f"parallelism={parallelism!r} is not one of {PARALLELISMS}.")
   train_fn = functools.partial(train_step, model=model, dropout_key=dropout_key,
                                label_smoothing=label_smoothing, schedule=schedule)
   eval_fn = functools.partial(eval_step, model=model, label_smoothing=label_smoothing)
