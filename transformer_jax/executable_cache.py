@@ -65,6 +65,11 @@ def enable(path: str | None = None) -> str:
   return path
 
 
+def enabled_dir() -> str | None:
+  """Where programs are stored now, or None when the cache is off."""
+  return _dir
+
+
 def disable() -> None:
   global _dir
   _dir = None

@@ -342,6 +342,11 @@ class _Progress:
   def __exit__(self, *exc) -> None:
     self._bar.close()
 
+  @property
+  def completed(self) -> int:
+    """The steps counted as done (the bar's position)."""
+    return self._bar.n
+
   def add(self, loss: jax.Array) -> None:
     self._running.append(loss)
     done = 0
