@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from transformer_jax import MultiHeadAttention, TransformerConfig
-from transformer_jax.attention import (_resolve_attention_impl, causal_mask,
-                                       make_attention_mask, padding_mask, plain_attention,
-                                       segment_mask, slot_mask)
+from transformer_jax.attention import (causal_mask, make_attention_mask, padding_mask,
+                                       plain_attention, segment_mask, slot_mask)
 
 CONFIG = TransformerConfig.tiny(40)
 SRC = np.array([[5, 6, 7, 8, 9, 0, 0], [10, 11, 12, 13, 14, 15, 16]], np.int32)
@@ -87,11 +86,18 @@ def test_fused_attention_gets_the_mask_at_full_query_and_key_length(monkeypatch)
   np.testing.assert_allclose(out, plain, atol=1e-5)
 
 
-def test_auto_attention_is_the_heads_first_plain_path_on_cpu():
+def test_auto_attention_and_dtype_resolve_for_the_devices_platform():
   # On XLA CPU the heads-first batched matmuls beat jax.nn.dot_product_attention's layout.
   assert jax.default_backend() == "cpu"
-  assert _resolve_attention_impl(CONFIG) == "plain"
-  assert _resolve_attention_impl(CONFIG.replace(attention_impl="xla")) == "xla"
+  assert (CONFIG.resolved().dtype, CONFIG.resolved().attention_impl) == ("float32", "plain")
+  assert CONFIG.compute_dtype == jnp.float32
+  # Compiling for TPU or GPU from this CPU host: the mesh's platform decides, not the host's.
+  assert (CONFIG.resolved("tpu").dtype, CONFIG.resolved("tpu").attention_impl) == (
+      "bfloat16", "xla")
+  assert CONFIG.resolved("gpu").attention_impl == "cudnn"
+  assert CONFIG.replace(dtype="float32").resolved("gpu").attention_impl == "xla"
+  explicit = CONFIG.replace(dtype="float32", attention_impl="plain")
+  assert explicit.resolved("tpu") == explicit
 
 
 def test_plain_path_sows_attention_weights_that_sum_to_one():

@@ -81,17 +81,6 @@ def slot_mask(beam_history_BxNxL: Array, key_valid_BxLxN: Array) -> Array:
 # ----------------------------------------------------------------------------- attention
 
 
-def _resolve_attention_impl(cfg: TransformerConfig) -> str | None:
-  """"plain", or the `implementation` argument of `jax.nn.dot_product_attention`."""
-  if cfg.attention_impl == "auto":
-    backend = jax.default_backend()
-    half = cfg.compute_dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if backend == "cpu":
-      return "plain"  # Heads first: the recipe's step 1.04-1.07x faster (docs/performance.md).
-    return "cudnn" if backend == "gpu" and half else None
-  return cfg.attention_impl  # "plain", "xla" or "cudnn"
-
-
 def _attention_probs(q_BxHxTxK: Array, k_BxHxSxK: Array, mask: Array | None) -> Array:
   """softmax(QK^T / sqrt(d_k)) in float32: the attention weights `[B, H, T, S]`.
 
@@ -189,7 +178,7 @@ class MultiHeadAttention(nn.Module):
     k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
-    implementation = _resolve_attention_impl(cfg)
+    implementation = cfg.resolved().attention_impl  # "auto": the default backend's choice.
     if implementation == "plain" or (rate > 0.0 and not deterministic):
       rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
       out_BxTxHxK, probs_BxHxTxS = _plain_attention_and_probs(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK,

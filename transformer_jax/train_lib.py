@@ -80,11 +80,12 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count(), check_corpus=check_corpus)
   tok = data.tokenizer
-  model = Transformer(config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
-                                          bos_id=tok.bos_id, eos_id=tok.eos_id))
-  tx, schedule = schedules.create_optimizer(config.optim, d_model=model.config.d_model,
-                                  num_train_steps=config.num_train_steps)
   mesh = sharding.create_mesh()
+  model_config = config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
+                                     bos_id=tok.bos_id, eos_id=tok.eos_id)
+  model = Transformer(model_config.resolved(mesh.devices.flat[0].platform))
+  tx, schedule = schedules.create_optimizer(config.optim, d_model=model.config.d_model,
+                                            num_train_steps=config.num_train_steps)
   init_rng, dropout_key = jax.random.split(jax.random.key(config.seed))
   init_fn = functools.partial(init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init_fn, init_rng)
