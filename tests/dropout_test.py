@@ -24,8 +24,8 @@ def test_dropout_masks_follow_the_global_row_in_both_modes():
   key = jax.random.key(3)
   whole = dropout.dropout(x, 0.25, key)
   per_device = jax.jit(jax.shard_map(lambda rows: dropout.dropout(rows, 0.25, key), mesh=mesh,
-                                     in_specs=jax.sharding.PartitionSpec("data"),
-                                     out_specs=jax.sharding.PartitionSpec("data")))(
+                                     in_specs=jax.sharding.PartitionSpec(sharding.BATCH_AXES),
+                                     out_specs=jax.sharding.PartitionSpec(sharding.BATCH_AXES)))(
       jax.device_put(x, sharding.batch_sharding(mesh)))
   np.testing.assert_array_equal(whole, per_device)
   assert not np.array_equal(whole[0], whole[1])  # Rows get their own masks.

@@ -34,11 +34,11 @@ def _batch(batch_size=8, length=6, seed=0):
 
 
 def _one_step(devices, optim, steps=1, fsdp=False, parallelism="jit", evaluate=False,
-              **overrides):
+              mesh=None, **overrides):
   config = TransformerConfig.tiny(40, attention_dropout_rate=0.1, **overrides)
   model = Transformer(config)
   tx, schedule = schedules.create_optimizer(optim, d_model=32, num_train_steps=10)
-  mesh = sharding.create_mesh(devices)
+  mesh = mesh or sharding.create_mesh(devices)
   init = functools.partial(steps_lib.init_state, model=model, tx=tx)
   abstract = jax.eval_shape(init, jax.random.key(0))
   shardings = sharding.state_shardings(abstract, mesh, fsdp=fsdp)
@@ -65,6 +65,44 @@ def test_multi_device_step_equals_single_device_step():
     np.testing.assert_allclose(a, b, atol=1e-5)
   np.testing.assert_allclose(m1["train_loss"], m8["train_loss"], rtol=1e-5)
   assert int(eight.step) == 2
+
+
+def _two_slices():
+  """The 8 CPU devices as 2 slices of 4 (TPU multi-slice: `slice` over DCN, `data` in ICI)."""
+  return jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 4), sharding.BATCH_AXES)
+
+
+@pytest.mark.parametrize("parallelism, fsdp", [("jit", False), ("shard_map", True)])
+def test_two_slice_step_equals_single_device_step(parallelism, fsdp):
+  one, m1 = _one_step(jax.devices()[:1], _optim(eps=1e-3), steps=2, d_ff=512)
+  two, m2 = _one_step(None, _optim(eps=1e-3), steps=2, d_ff=512, mesh=_two_slices(),
+                      parallelism=parallelism, fsdp=fsdp)
+  if fsdp:  # Sharded within a slice (4 ways), replicated across the 2 slices.
+    kernel = two.params["encoder"]["layers_0"]["feed_forward"]["wi"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "data")
+    assert kernel.addressable_shards[0].data.shape == (32, 512 // 4)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-5)
+
+
+def test_jit_step_never_all_gathers_activations():
+  # Parameters replicated: any all-gather would move hidden states. Written for the global
+  # batch, the fused loss's chunk loop all-gathered each chunk's hidden states on every device
+  # (9 all-gathers here without `mesh`).
+  model = Transformer(TransformerConfig.tiny(40))
+  tx, schedule = schedules.create_optimizer(_optim(), d_model=32, num_train_steps=10)
+  mesh = sharding.create_mesh()
+  init = functools.partial(steps_lib.init_state, model=model, tx=tx)
+  state = jax.eval_shape(init, jax.random.key(0))
+  step = jax.jit(functools.partial(
+      steps_lib.train_step, model=model, dropout_key=jax.random.key(1), label_smoothing=0.1,
+      schedule=schedule, chunk_tokens=16, mesh=mesh),
+      in_shardings=(sharding.state_shardings(state, mesh), sharding.batch_sharding(mesh)))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _batch())
+  hlo = step.lower(state, batch).compile().as_text()
+  assert "all-gather" not in hlo
+  assert "all-reduce" in hlo  # The gradients' sum over devices.
 
 
 def test_fused_loss_step_equals_plain_loss_step():

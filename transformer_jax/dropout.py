@@ -21,14 +21,15 @@ import math
 import jax
 import jax.numpy as jnp
 
-from transformer_jax.sharding import DATA_AXIS
+from transformer_jax.sharding import BATCH_AXES
 
 
 def data_shard_index() -> jax.Array | None:
-  """This device's index along `data` inside a shard_map over `data`; None outside one."""
+  """This device's batch shard (over `slice` and `data`) inside a shard_map over the batch
+  axes; None outside one."""
   try:
-    return jax.lax.axis_index(DATA_AXIS)
-  except NameError:  # No `data` axis is bound: arrays hold the whole batch.
+    return jax.lax.axis_index(BATCH_AXES)
+  except NameError:  # No batch axis is bound: arrays hold the whole batch.
     return None
 
 
@@ -62,7 +63,7 @@ def keep_mask(rng: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.A
   shard = data_shard_index()
   if shard is not None:  # This device's rows of the global batch.
     row = row + shard.astype(jnp.uint32) * rows
-    key = tuple(jax.lax.pcast(k, (DATA_AXIS,), to="varying") for k in key)
+    key = tuple(jax.lax.pcast(k, BATCH_AXES, to="varying") for k in key)
   index = jax.lax.broadcasted_iota(jnp.uint32, (rows, per_row), 1)
   bits, _ = threefry2x32(key, row, index)  # One 32-bit draw per element (the cheapest layout).
   threshold = jnp.uint32(min(int(keep_prob * 2.0**32), 2**32 - 1))

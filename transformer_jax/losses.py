@@ -16,9 +16,20 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# Tokens per chunk: the chunk's float32 logits take about this many bytes (the L3 cache's
-# order; 256-1024 tokens were equally fast at 6,000 words on the 2-core Zen 4, 128 slower).
-CHUNK_BYTES = 8 * 2**20
+# Tokens per chunk: the chunk's float32 logits take about this many bytes. On CPUs the L3
+# cache's order (256-1024 tokens were equally fast at 6,000 words on the 2-core Zen 4, 128
+# slower). On GPUs and TPUs a chunk must keep the matrix units busy and the loop short: each
+# iteration rewrites the float32 gradient of the projection ([V, D], 76 MB for base at 37k
+# words), which at CPU-sized 64-token chunks cost as much as the rest of a TPU step.
+CHUNK_BYTES = {"cpu": 8 * 2**20}
+ACCELERATOR_CHUNK_BYTES = 128 * 2**20
+
+
+def default_chunk_tokens(vocab: int, platform: str | None = None) -> int:
+  """Tokens per chunk of `projected_cross_entropy` for `platform` (default: the default
+  backend's): a multiple of 64 whose float32 logits take about the platform's chunk bytes."""
+  budget = CHUNK_BYTES.get(platform or jax.default_backend(), ACCELERATOR_CHUNK_BYTES)
+  return max(64, budget // (4 * vocab) // 64 * 64)
 
 
 def cross_entropy_loss(logits_BxTxV: jax.Array, targets_BxT: jax.Array, weights_BxT: jax.Array,
@@ -51,12 +62,12 @@ def projected_cross_entropy(hidden_BxTxD: jax.Array, kernel_VxD: jax.Array,
 
   The logits are computed in `hidden`'s dtype with float32 accumulation, as the model's
   output projection does. Differentiable through `loss_sum` only (the training loss); the
-  other sums are metrics. `chunk_tokens` defaults to a cache-sized chunk (`CHUNK_BYTES`).
+  other sums are metrics. `chunk_tokens` defaults to the default backend's `default_chunk_tokens`.
   """
   d_model, vocab = hidden_BxTxD.shape[-1], kernel_VxD.shape[0]
   hidden = hidden_BxTxD.reshape(-1, d_model)
   n = hidden.shape[0]
-  chunk = chunk_tokens or max(64, CHUNK_BYTES // (4 * vocab) // 64 * 64)
+  chunk = chunk_tokens or default_chunk_tokens(vocab)
   chunk = min(chunk, n)
   pad = -n % chunk
   targets = jnp.pad(targets_BxT.reshape(-1), (0, pad))
