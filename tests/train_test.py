@@ -11,7 +11,7 @@ import pytest
 import jax
 import numpy as np
 
-from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import checkpoint_reader
 from transformer_jax import monitoring, train_lib
 from transformer_jax import workdir as workdir_lib
 
@@ -136,7 +136,7 @@ def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path))
   saved = _steps(str(tmp_path))
   assert saved and saved[-1] < 12
-  params, _, _ = checkpoint_lib.read_params(str(tmp_path))  # What a rerun would resume from.
+  params, _, _ = checkpoint_reader.read_params(str(tmp_path))  # What a rerun would resume from.
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 

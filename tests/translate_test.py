@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from transformer_jax import checkpoint as checkpoint_lib
+from transformer_jax import checkpoint_reader
 from transformer_jax import evaluation, executable_cache, inference, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,20 +95,30 @@ def test_translate_cli_errors(tmp_path, workdir):
 
 
 def test_average_is_the_mean_and_is_written_as_a_checkpoint(workdir):
-  a, step_a, _ = checkpoint_lib.read_params(workdir, 10)
-  b, step_b, _ = checkpoint_lib.read_params(workdir, 20)
-  mean, steps, config = checkpoint_lib.average_params(workdir, 2)
+  a, step_a, _ = checkpoint_reader.read_params(workdir, 10)
+  b, step_b, _ = checkpoint_reader.read_params(workdir, 20)
+  mean, steps, config = checkpoint_reader.average_params(workdir, 2)
   assert steps == [10, 20] and config["model"]["d_model"] == 32
   key = ("shared_embedding", "embedding")
   np.testing.assert_allclose(mean[key[0]][key[1]], (a[key[0]][key[1]] + b[key[0]][key[1]]) / 2,
                              rtol=1e-6)
-  path, steps = checkpoint_lib.save_averaged(workdir, 2)
+  path, steps = checkpoint_reader.save_averaged(workdir, 2)
   assert path.endswith(os.path.join("averaged", "20"))
-  written, step, _ = checkpoint_lib.read_params(workdir, subdir="averaged")
+  written, step, _ = checkpoint_reader.read_params(workdir, subdir="averaged")
   assert step == 20
   np.testing.assert_allclose(written[key[0]][key[1]], mean[key[0]][key[1]])
   with pytest.raises(ValueError, match="holds 2"):
-    checkpoint_lib.average_params(workdir, 5)
+    checkpoint_reader.average_params(workdir, 5)
+
+
+def test_average_checkpoints_cli_writes_the_average_and_refuses_too_many(workdir):
+  result = _run("average_checkpoints.py", f"--workdir={workdir}", "--num_last=2")
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("Averaged checkpoints [10, 20] into ")
+  assert checkpoint_reader.read_params(workdir, subdir="averaged")[1] == 20
+  result = _run("average_checkpoints.py", f"--workdir={workdir}", "--num_last=5")
+  assert result.returncode == 2 and "holds 2" in result.stderr, result.stderr
+  assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir, tmp_path):

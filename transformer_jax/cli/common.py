@@ -1,0 +1,92 @@
+"""What every command line tool shares: absl start-up, quiet logging and one-line errors.
+
+A failure is one line on stderr, `error: <message>`, and an exit code: `USAGE_ERROR` (2) when the
+command was refused before doing anything (a bad flag, config, input file or workdir),
+`RUNTIME_ERROR` (1) when a run that had started failed (a non-finite loss, a failed save).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import types
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
+
+from absl import app, flags
+
+USAGE_ERROR = 2
+RUNTIME_ERROR = 1
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+  """Prints `error: message` on stderr and exits with `code`.
+
+  Args:
+    message: what went wrong and, where it helps, what to do instead.
+    code: the exit status, `USAGE_ERROR` or `RUNTIME_ERROR`.
+
+  Raises:
+    SystemExit: always.
+  """
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(code)
+
+
+@contextlib.contextmanager
+def exit_on(*errors: type[BaseException], code: int = USAGE_ERROR) -> Iterator[None]:
+  """A block whose `errors` end the command through `fail(str(error), code)`.
+
+  For the errors a command expects of its inputs (a missing file, a bad value), whose messages
+  are written for the user: a traceback would only bury them.
+
+  Args:
+    *errors: the exception types to report.
+    code: the exit status for them.
+
+  Yields:
+    Nothing.
+  """
+  try:
+    yield
+  except errors as e:
+    fail(str(e), code)
+
+
+def setup_logging(*, training: bool = False) -> None:
+  """Sets the log levels of a command: progress for training, only problems otherwise.
+
+  Args:
+    training: show INFO (the training loop's progress reports) rather than warnings only.
+  """
+  if training:
+    logging.getLogger().setLevel(logging.INFO)
+    # Orbax logs through absl: its per-save chatter, and tracebacks of failed saves that surface
+    # as one CheckpointSaveError line.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+  else:
+    logging.getLogger("absl").setLevel(logging.ERROR)  # Orbax's read-only notices.
+    logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
+
+
+def run(main: Callable[[list[str]], None], command: types.ModuleType,
+        argv: Sequence[str] | None = None,
+        flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage) -> None:
+  """Runs `main` under absl's `app.run` (which exits) as the command defined in `command`.
+
+  absl's `--help` prints the `__main__` module's docstring and the flags that module defines.
+  A command runs as a repository script (`python train.py`), a console script or `python -m`,
+  and its flags are defined in `command` in each case: both are taken from `command`, so that
+  the help reads the same however it was started.
+
+  Args:
+    main: the command's main, called with the arguments left after flag parsing.
+    command: the module that defines the command's flags and documents it.
+    argv: the command line, `sys.argv` by default.
+    flags_parser: parses the flags of `argv` and returns the other arguments.
+  """
+  sys.modules["__main__"].__doc__ = command.__doc__
+  for flag in flags.FLAGS.get_key_flags_for_module(command):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main, argv=None if argv is None else list(argv), flags_parser=flags_parser)

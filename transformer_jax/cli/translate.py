@@ -1,0 +1,121 @@
+"""Translate with a trained workdir: `python translate.py --workdir W [--input F] [--reference R]`.
+
+Reads W/tokenizer.model and a checkpoint (`--checkpoint latest | STEP | average:N | averaged`),
+translates one sentence per line (stdin by default) with beam search, writes the translations in
+input order (stdout by default), and with `--reference` prints sacreBLEU and chrF.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+from transformer_jax.cli import common
+
+FLAGS = flags.FLAGS
+# The decoding modules are imported where they are used, after the flags are parsed: --help and a
+# flag error answer without loading them.
+
+
+def _define_flags() -> None:
+  """Defines translate's flags (at run time, so that importing this module defines nothing)."""
+  flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and checkpoints/).",
+                      required=True)
+  flags.DEFINE_string("checkpoint", "latest", "latest, a step number, average:N (mean of the last "
+                      "N checkpoints), or averaged (the newest one written by "
+                      "average_checkpoints.py).")
+  flags.DEFINE_string("input", "-", "Source sentences, one per line ('-' = stdin; .gz is read "
+                      "compressed).")
+  flags.DEFINE_string("output", "-", "Where to write the translations ('-' = stdout).")
+  flags.DEFINE_integer("beam_size", 4, "Beam size (1 = greedy).")
+  flags.DEFINE_float("alpha", 0.6, "Length penalty exponent: ((5 + len) / 6)^alpha, or len^alpha "
+                     "with --beam_convention huggingface.")
+  flags.DEFINE_enum("beam_convention", "gnmt", ["gnmt", "huggingface"], "Beam search rules: the "
+                    "paper's (GNMT length penalty), or transformers' generate() (to reproduce "
+                    "Hugging Face's output, e.g. of an imported OPUS-MT model, with --alpha 1.0).")
+  flags.DEFINE_integer("batch_tokens", 4096, "Source tokens per decoding batch.")
+  flags.DEFINE_string("reference", None, "Reference translations: print BLEU and chrF.")
+  flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for already tokenized "
+                      "text (the paper-style tokenized BLEU, e.g. Multi30k's tok/ files).")
+  flags.DEFINE_bool("lowercase", False, "Case-insensitive BLEU/chrF.")
+  flags.DEFINE_string("attention_plot", None, "Also write a PNG of the encoder-decoder attention "
+                      "of the first non-empty input line and its translation.")
+  flags.DEFINE_integer("attention_layer", -1, "Decoder layer to plot (-1 = last).")
+  flags.DEFINE_integer("attention_head", -1, "Head to plot (-1 = mean over heads).")
+
+
+def _check_flags() -> None:
+  """A ValueError (or FileNotFoundError) for a flag that cannot work, before anything loads."""
+  from transformer_jax import inference
+  if FLAGS.beam_size < 1:
+    raise ValueError(f"--beam_size {FLAGS.beam_size}: use a positive beam size (1 = greedy).")
+  if FLAGS.batch_tokens < 1:
+    raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
+  for flag, path in (("--output", FLAGS.output), ("--attention_plot", FLAGS.attention_plot)):
+    if path and path != "-":
+      inference.check_writable(path, flag)
+
+
+def _plot_attention(model, params, tokenizer, lines: list[str], hypotheses: list[str]) -> None:
+  """--attention_plot: the first non-empty line's cross-attention over its translation."""
+  from transformer_jax import plotting
+  first = next((i for i, line in enumerate(lines) if line.strip()), None)
+  if first is None:
+    return
+  src_ids = tokenizer.encode(lines[first]) + [tokenizer.eos_id]
+  tgt_ids = tokenizer.encode(hypotheses[first], target=True) + [tokenizer.eos_id]
+  pieces = lambda ids: [tokenizer.id_to_piece(i) for i in ids]
+  plotting.plot_cross_attention(
+      model, params, src_ids, tgt_ids, FLAGS.attention_plot, src_labels=pieces(src_ids),
+      tgt_labels=pieces(tgt_ids), layer=FLAGS.attention_layer,
+      head=None if FLAGS.attention_head < 0 else FLAGS.attention_head)
+  print(f"Attention map written to {FLAGS.attention_plot}.", file=sys.stderr)
+
+
+def _main(argv: list[str]) -> None:
+  del argv
+  common.setup_logging()
+  from transformer_jax import evaluation, executable_cache, inference
+  # A second call loads the compiled search, skipping its tracing and compiling.
+  executable_cache.enable()
+  from transformer_jax.data.corpus import read_lines
+
+  # Every input is checked before anything is decoded or written.
+  with common.exit_on(FileNotFoundError, ValueError):
+    _check_flags()
+    model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
+    lines = read_lines(FLAGS.input)
+    references = read_lines(FLAGS.reference) if FLAGS.reference else None
+  if references is not None and len(references) != len(lines):
+    common.fail(f"{FLAGS.reference} has {len(references)} lines but the input has {len(lines)}: "
+                "they must be line-aligned.")
+  print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
+  # Each sentence may grow to its own source length + 50 tokens, as in the paper.
+  hypotheses = evaluation.translate(
+      model, params, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+      batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention, progress=True)
+  text = "".join(h + "\n" for h in hypotheses)
+  if FLAGS.output == "-":
+    sys.stdout.write(text)
+  else:
+    with open(FLAGS.output, "w", encoding="utf-8") as f:
+      f.write(text)
+  if references is not None:
+    scores = evaluation.corpus_scores(hypotheses, references, tokenize=FLAGS.bleu_tokenize,
+                                      lowercase=FLAGS.lowercase)
+    for score in scores.values():
+      print(score.details, file=sys.stderr)
+  if FLAGS.attention_plot:
+    _plot_attention(model, params, tokenizer, lines, hypotheses)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """The `transformer-jax-translate` command; `argv` defaults to `sys.argv`."""
+  _define_flags()
+  common.run(_main, sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+  main()
