@@ -67,3 +67,12 @@ def test_resuming_on_another_corpus_is_refused_unless_allowed(tmp_path):
   assert json.loads((tmp_path / layout.CORPUS_FILE).read_text()) == first  # Untouched.
   assert workdir_lib.check_corpus(str(tmp_path), other, resuming=True, allow_change=True)
   assert json.loads((tmp_path / layout.CORPUS_FILE).read_text()) == other
+
+
+def test_an_object_store_workdir_is_refused_in_one_line(tmp_path):
+  from transformer_jax import train_lib
+  with pytest.raises(ValueError, match="gs://bucket/run: object-store workdirs are not supported"):
+    layout.check_local("gs://bucket/run")
+  assert layout.check_local(str(tmp_path)) == str(tmp_path)
+  with pytest.raises(ValueError, match="mount the bucket"):  # The library refuses it too.
+    train_lib.train_and_evaluate({}, "gs://bucket/run")

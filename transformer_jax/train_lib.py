@@ -132,7 +132,7 @@ def train_and_evaluate(config, workdir: str, *,
     CheckpointSaveError: a checkpoint could not be written.
   """
   config = experiment_config.from_config_dict(config)
-  workdir = os.path.abspath(workdir)
+  workdir = os.path.abspath(layout.check_local(workdir))
   os.makedirs(workdir, exist_ok=True)
   with _workdir_lock(workdir):
     run = setup(config, workdir, allow_corpus_change=allow_corpus_change)

@@ -45,6 +45,16 @@ CORRUPT_PREFIX = "corrupt-"
 MODEL_ENTRIES = (CHECKPOINTS_DIR, MARIAN_TOKENIZER_DIR, TOKENIZER_FILE)
 
 
+def check_local(workdir: str) -> str:
+  """`workdir` if it is a local (or mounted) path; a ValueError for a URL such as gs://..."""
+  if "://" in workdir:
+    raise ValueError(
+        f"--workdir {workdir}: object-store workdirs are not supported (the lock, metrics, "
+        "tokenizer and data cache are local files). Use a local disk, or mount the bucket "
+        "(e.g. gcsfuse) and give its mount path.")
+  return workdir
+
+
 def path(workdir: str, name: str) -> str:
   """`WORKDIR/name`."""
   return os.path.join(workdir, name)

@@ -17,6 +17,7 @@ from typing import NoReturn
 from absl import flags
 from ml_collections import config_flags
 
+from transformer_jax import workdir_layout as layout
 from transformer_jax.cli import common
 
 # The demo's file inside the package, so that an installed copy has a default without configs/.
@@ -89,6 +90,8 @@ def _workdir() -> str:
   config_name = (_DEMO_NAME if config_file == DEMO_CONFIG
                  else os.path.splitext(os.path.basename(config_file))[0])
   workdir = FLAGS.workdir or os.path.join("runs", config_name)
+  with common.exit_on(ValueError):
+    layout.check_local(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     common.fail(f"--workdir {workdir} is a file, not a directory; choose another path.")
   return workdir
