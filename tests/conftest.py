@@ -1,4 +1,10 @@
-"""Test setup: 8 fake CPU devices so that multi-device paths run on a laptop."""
+"""Test setup: 8 fake CPU devices so that multi-device paths run on a laptop.
+
+tests/unit/ holds behaviour tests of the package's modules, in-process and quick;
+tests/integration/ runs the commands (subprocesses, several processes, the recipe, the
+benchmarks' smoke runs). Every test under tests/integration/ is marked `integration`, so the
+quick loop is `python -m pytest -m "not integration"`.
+"""
 
 import os
 
@@ -35,6 +41,13 @@ def multi30k_dir():
   if not (path / "train.en.gz").exists():
     pytest.skip(f"Multi30k not found at {path} (set MULTI30K_DIR)")
   return path
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    if "integration" in item.path.parts:
+      item.add_marker(pytest.mark.integration)
 
 
 def pytest_sessionfinish(session, exitstatus):

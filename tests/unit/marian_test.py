@@ -19,7 +19,7 @@ import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 from transformer_jax import decoding, evaluation, inference, marian, train_lib
 from transformer_jax.data import synthetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = ["2019-03-04", "1999-12-31", "2045-07-09", ">>fra<< 2001-01-01", "20x9-ü3-04",
            "1987-11-30", "2000-02-29", "2112-10-10"]
 MAX_NEW = 24  # Generated tokens (EOS included); transformers' max_length counts the start too.

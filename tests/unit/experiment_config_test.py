@@ -16,7 +16,7 @@ from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import (ConfigError, DataConfig, ExperimentConfig,
                                                OptimConfig)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _load(path):

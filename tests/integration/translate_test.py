@@ -13,7 +13,7 @@ import pytest
 from transformer_jax import checkpoint_reader
 from transformer_jax import evaluation, executable_cache, inference, train_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(*args, stdin=None):

@@ -255,6 +255,6 @@ print("ok")
 def test_no_teardown_noise_at_exit():
   """Iterators still referenced at exit, closed or not, exit without "Exception ignored"."""
   run = subprocess.run([sys.executable, "-c", textwrap.dedent(_EXIT_SCRIPT)], capture_output=True,
-                       text=True, timeout=120, check=False, cwd=pathlib.Path(__file__).parents[1])
+                       text=True, timeout=120, check=False, cwd=pathlib.Path(__file__).parents[2])
   assert run.returncode == 0 and run.stdout == "ok\n", run.stderr
   assert "Exception ignored" not in run.stderr and "Traceback" not in run.stderr, run.stderr

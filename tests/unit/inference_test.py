@@ -89,7 +89,7 @@ def test_the_slow_ml_dtypes_release_is_excluded():
   import importlib.metadata  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
   assert importlib.metadata.version("ml_dtypes") != "0.7.0"
-  root = pathlib.Path(__file__).resolve().parents[1]
+  root = pathlib.Path(__file__).resolve().parents[2]
   for name in ("pyproject.toml", "requirements.txt"):
     assert "ml_dtypes>=0.5.0,!=0.7.0" in (root / name).read_text(), name
 

@@ -11,7 +11,7 @@ import pytest
 
 from transformer_jax import monitoring
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 STEPS = ["--config.num_train_steps=20", "--config.eval_every_steps=0",
          "--config.checkpoint_every_steps=10"]

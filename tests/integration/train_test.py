@@ -15,7 +15,7 @@ from transformer_jax import checkpoint_reader
 from transformer_jax import monitoring, train_lib
 from transformer_jax import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 

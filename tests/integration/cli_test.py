@@ -14,7 +14,7 @@ from absl import flags
 from transformer_jax.cli import common, demo_config
 from transformer_jax.cli import train as train_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMANDS = ["train", "translate", "tune_decoding", "average_checkpoints", "import_marian"]
 
 
