@@ -1,11 +1,12 @@
 """Data-pipeline throughput on Multi30k: pairs/s, tokens/s and packing efficiency.
 
-  python benchmarks/data_benchmark.py [--data_dir ../shared/data/multi30k] [--model_step]
+  python -m benchmarks.data_benchmark [--data_dir ../shared/data/multi30k] [--model_step]
 
 Stages timed: reading the corpus, training the tokenizer, tokenizing (first run, then from the
 cache), and producing training batches packed and unpacked. With --model_step it also times one
-training step (forward, backward, Adam) of Transformer-base on a batch of the same shape, and
-prints how many times faster the pipeline produces batches than that step consumes them.
+training step (forward, backward, Adam; `workload.build_training`, as train.py builds it) of
+Transformer-base on one of these batches, and prints how many times faster the pipeline produces
+batches than that step consumes them.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import time
 
 import numpy as np
 
+from benchmarks import harness, workload
 from transformer_jax.data import (Tokenizer, filter_pairs, load_local_split, make_train_iterator,
                                   pairs_to_dataset, tokenize_split)
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def parse_args():
+def parse_args(argv=None):
+  """The command line, checked (unknown names are refused)."""
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--data_dir", default=os.path.join(_ROOT, "..", "shared", "data", "multi30k"))
+  p.add_argument("--data_dir",
+                 default=os.path.join(harness.ROOT, "..", "shared", "data", "multi30k"))
   p.add_argument("--file_pattern", default="{split}.{lang}")
   p.add_argument("--vocab_size", type=int, default=8000)
   p.add_argument("--batch_size", type=int, default=64, help="Rows per batch.")
@@ -33,10 +35,11 @@ def parse_args():
   p.add_argument("--num_batches", type=int, default=300, help="Batches timed per mode.")
   p.add_argument("--model_step", action="store_true",
                  help="Also time a Transformer-base train step on a batch of this shape.")
-  return p.parse_args()
+  return p.parse_args(argv)
 
 
-def time_batches(it, num_batches):
+def time_batches(it, num_batches: int) -> dict[str, float]:
+  """Steady-state throughput of `num_batches` batches of a training iterator."""
   next(it)  # The first batch fills the packing bins; time the steady state.
   pairs = tokens = 0
   start = time.perf_counter()
@@ -51,45 +54,27 @@ def time_batches(it, num_batches):
           "pairs/row": pairs / (num_batches * len(b["src"]))}
 
 
-def model_step_seconds(batch, vocab_size):
-  """Seconds per Transformer-base train step (value_and_grad + Adam) on `batch`."""
-  import jax
-  import optax
-  from transformer_jax import Transformer, TransformerConfig
+def model_step_seconds(batch: dict[str, np.ndarray], vocab_size: int) -> float:
+  """Median seconds of 3 Transformer-base train steps on one pipeline `batch`.
 
-  model = Transformer(TransformerConfig.base(vocab_size))
-  batch = {k: jax.numpy.asarray(v) for k, v in batch.items()}
-  kw = {k: batch[k] for k in ("src_segments", "tgt_segments", "src_positions", "tgt_positions")}
-  params = model.init(jax.random.key(0), batch["src"][:1], batch["tgt_in"][:1])["params"]
-  tx = optax.adam(1e-4, b1=0.9, b2=0.98, eps=1e-9)
-  opt_state = tx.init(params)
-
-  def loss_fn(p, rng):
-    logits = model.apply({"params": p}, batch["src"], batch["tgt_in"], deterministic=False,
-                         rngs={"dropout": rng}, **kw)
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["tgt_out"])
-    mask = batch["tgt_segments"] > 0
-    return (nll * mask).sum() / mask.sum()
-
-  @jax.jit
-  def step(p, o, rng):
-    loss, grads = jax.value_and_grad(loss_fn)(p, rng)
-    updates, o = tx.update(grads, o, p)
-    return optax.apply_updates(p, updates), o, loss
-
-  params, opt_state, loss = step(params, opt_state, jax.random.key(1))  # Compile.
-  loss.block_until_ready()
+  The step train.py runs (`workload.build_training`: label-smoothed loss, dropout, Adam at a
+  constant rate), on one device.
+  """
+  rows, length = batch["src"].shape
+  w = workload.make_workload("base", vocab=vocab_size, batch=rows, length=length)
+  step = workload.build_workload(w, num_devices=1).compile(batch)
+  step.run()  # The first call waits for the compiled program to load.
   times = []
-  for i in range(3):
+  for _ in range(3):
     start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, jax.random.key(i))
-    loss.block_until_ready()
+    step.run()
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 
 
-def main():
-  args = parse_args()
+def main(argv=None):
+  """Runs the command (see the module docstring)."""
+  args = parse_args(argv)
   rows = []
   t = time.perf_counter()
   train = load_local_split(args.data_dir, "train", source_lang="en", target_lang="de",

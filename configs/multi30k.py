@@ -1,9 +1,9 @@
-"""Multi30k English->German on a 2-core CPU: the recipe run by benchmarks/multi30k.sh.
+"""Multi30k English->German on a 2-core CPU: the recipe run by recipes/multi30k.sh.
 
 Reads `data.data_dir` when set (../shared/data/multi30k for the raw cased files, or its tok/
 directory with `--config.data.file_pattern={split}.lc.norm.tok.{lang}` for the official lowercased
 tokenized files), else the hub id. Sized to train in ~54 minutes (~42 with tcmalloc preloaded, as
-benchmarks/multi30k.sh does when it is installed) on 2 CPU cores run as 2 XLA
+recipes/multi30k.sh does when it is installed) on 2 CPU cores run as 2 XLA
 devices (XLA_FLAGS=--xla_force_host_platform_device_count=2), data parallel with the explicit
 shard_map step (1.15-1.19x the jit step's speed on those 2 devices; the same update per step).
 Settings were chosen on the validation set (val), never on test.

@@ -1,4 +1,4 @@
-"""benchmarks/accelerator.py --smoke: the accelerator check's code runs on CPU at tiny shapes.
+"""benchmarks.accelerator --smoke: the accelerator check's code runs on CPU at tiny shapes.
 
 Every section lands in the JSON and the Markdown with sane values (finite, positive throughput,
 checks passed; 8 fake devices run the multi-device check); a failing section is recorded and
@@ -8,12 +8,10 @@ the others still run; the time budget skips sections; no accelerator is one line
 import json
 import math
 import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import accelerator  # noqa: E402
+from benchmarks import accelerator, accelerator_checks, accelerator_speed
 
 NAMES = [name for name, _, _ in accelerator.SECTIONS]
 TRAIN = ["train_base", "train_big", "train_base_remat", "train_big_remat"]
@@ -64,7 +62,8 @@ def test_throughput_sections_report_positive_finite_figures(smoke):
   assert decode["generated_tokens_per_s"] > 0 and decode["new_tokens"] == 4
   torch = sections["torch_peer"]
   if torch["status"] == "ok":
-    assert all(s["tokens_per_s"] > 0 for s in torch["shapes"].values())
+    assert all(s["tokens_per_s"] > 0 and s["model_tflop_per_step"] > 0
+               for s in torch["shapes"].values())
   else:
     assert torch["reason"]
 
@@ -79,6 +78,8 @@ def test_markdown_has_every_table_and_section(smoke):
   for shape, remat in (("base", "off"), ("big", "off"), ("base", "on"), ("big", "on")):
     assert f"| {shape} | {remat} | ours (auto) |" in md
   assert "| base | 2 | 2 | 6 | 4 |" in md  # Decoding: beam, batch, source, new tokens.
+  if results["sections"]["torch_peer"]["status"] == "ok":
+    assert "| base | off | PyTorch eager, autocast bf16, SDPA | 2×8 |" in md
   for name in NAMES:
     assert f"| {name} | {results['sections'][name]['status']} |" in md
 
@@ -87,9 +88,7 @@ def test_a_failing_section_is_recorded_and_the_others_run(tmp_path, monkeypatch)
   def broken(ctx):
     raise RuntimeError("injected failure")
 
-  functions = accelerator._section_functions
-  monkeypatch.setattr(accelerator, "_section_functions",
-                      lambda: {**functions(), "attention": broken})
+  monkeypatch.setattr(accelerator_checks, "attention_check", broken)
   code, results, md = _run(tmp_path, "--sections", "attention,matmul_peak")
   assert code == 1
   assert list(results["sections"]) == ["matmul_peak", "attention"]  # The fixed order.
@@ -124,7 +123,7 @@ def test_unknown_section_is_refused():
 
 
 def test_batch_ladder_steps_down_on_memory_errors_only():
-  import accelerator_speed as speed
+  speed = accelerator_speed
 
   def try_rows(rows):
     if rows == 8:

@@ -1,12 +1,14 @@
-"""benchmarks/train_benchmark.py, harness.py, profile_step.py and matmul_ceiling.py.
+"""The benchmarks package: workloads, batches, harness, HLO/trace reading, and each CPU tool.
 
-The recipe workload comes from configs/multi30k.py; packed batches look like the pipeline's;
-the harness gives a side its own environment and survives a failing side; the profile of a
-tiny train step has every kind of work and its shares add up to 100%.
+The recipe workload comes from configs/multi30k.py and the other shapes from TransformerConfig's
+presets; packed batches look like the pipeline's; the harness gives a side its own environment
+and survives a failing side; the profile of a tiny train step has every kind of work and its
+shares add up to 100%; train_benchmark, decode_benchmark and data_benchmark run end to end at
+tiny settings, each side in its own worker process.
 """
 
 import dataclasses
-import pathlib
+import os
 import sys
 import threading
 from multiprocessing import Pipe
@@ -14,27 +16,49 @@ from multiprocessing import Pipe
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import harness  # noqa: E402
-import matmul_ceiling  # noqa: E402
-import profile_step  # noqa: E402
-import train_benchmark  # noqa: E402
+from benchmarks import (batches, data_benchmark, decode_benchmark, harness, hlo, matmul_ceiling,
+                        peers, profile_step, train_benchmark, workload)
+from transformer_jax import TransformerConfig
 
 
 def test_recipe_workload_reads_the_config():
-  w = train_benchmark.make_workload("recipe")
+  w = workload.make_workload("recipe")
   assert (w.vocab, w.rows, w.length, w.packed) == (6000, 64, 64, True)
-  assert w.shape == train_benchmark.SHAPES["small"]  # 4+4 x 128, 4 heads, d_ff 512.
+  assert w.shape == dict(d_model=128, num_heads=4, d_ff=512, num_encoder_layers=4,
+                         num_decoder_layers=4)
   assert w.model["dropout_rate"] == 0.1 and w.model["attention_dropout_rate"] == 0.0
   assert w.optim["weight_decay"] == 0.2 and w.optim["grad_clip_norm"] == 1.0
   assert w.optim["label_smoothing"] == 0.1 and w.num_train_steps == 3400
   assert w.parallelism == "shard_map"
-  base = train_benchmark.make_workload("base")
+  base = workload.make_workload("base")
   assert (base.vocab, base.rows, base.length, base.packed) == (8000, 32, 32, False)
 
 
+def test_model_shapes_come_from_the_presets_and_the_recipe():
+  for name in ("tiny", "base", "big"):
+    preset = getattr(TransformerConfig, name)(vocab_size=100)
+    assert workload.model_shape(name) == {k: getattr(preset, k) for k in workload.SHAPE_FIELDS}
+  assert workload.model_shape("small") == dict(workload.make_workload("recipe").shape,
+                                               dropout_rate=0.1)
+  assert workload.model_shape("big", num_encoder_layers=1)["num_encoder_layers"] == 1
+  with pytest.raises(ValueError, match="unknown model"):
+    workload.model_shape("huge")
+
+
+def test_random_batch_is_shifted_and_the_sources_come_first():
+  b = batches.random_batch(50, 4, 6, seed=1)
+  assert all(v.shape == (4, 6) and v.dtype == np.int32 for v in b.values())
+  assert (b["tgt_in"][:, 0] == batches.BOS).all()
+  assert (b["tgt_in"][:, 1:] == b["tgt_out"][:, :-1]).all()
+  assert b["src"].min() >= 3 and b["src"].max() < 50
+  padded = batches.random_batch(50, 4, 8, padding=True)
+  assert (padded["src"][0, -3:] == 0).all() and (padded["tgt_out"][0, -2:] == 0).all()
+  # The decoding peers' sources are the same draw with Marian's pad id left out.
+  assert (peers.random_sources(51, 4, 6) == batches.random_batch(50, 4, 6)["src"]).all()
+
+
 def test_packed_batch_is_laid_out_like_the_pipeline():
-  b = train_benchmark.packed_batch(vocab=500, rows=16, length=64, seed=3)
+  b = batches.packed_batch(vocab=500, rows=16, length=64, seed=3)
   assert all(v.shape == (16, 64) and v.dtype == np.int32 for v in b.values())
   assert ((b["src"] != 0) == (b["src_segments"] > 0)).all()
   assert ((b["tgt_out"] != 0) == (b["tgt_segments"] > 0)).all()
@@ -51,7 +75,7 @@ def test_packed_batch_is_laid_out_like_the_pipeline():
           assert (b["tgt_in"][r, at[1:]] == b["tgt_out"][r, at[:-1]]).all()
         else:
           assert b["src"][r, at[-1]] == 2
-  assert train_benchmark.target_tokens(train_benchmark.make_workload("recipe")) > 3800
+  assert workload.make_workload("recipe").target_tokens() > 3800
 
 
 def test_model_flops_count_source_and_target_slots():
@@ -60,7 +84,7 @@ def test_model_flops_count_source_and_target_slots():
   enc = 2 * L * D * D * 4 + 2 * 2 * L * L * D + 2 * 2 * L * D * F
   dec = enc + 2 * L * D * D * 4 + 2 * 2 * L * L * D
   expected = 3 * B * (enc + dec + 2 * L * D * V)
-  assert train_benchmark.model_flops_per_step(shape, V, B, L) == expected
+  assert workload.model_flops_per_step(shape, V, B, L) == expected
 
 
 def test_host_devices_env_replaces_the_device_count(monkeypatch):
@@ -68,12 +92,10 @@ def test_host_devices_env_replaces_the_device_count(monkeypatch):
   env = harness.host_devices_env(2)
   assert env["XLA_FLAGS"].split() == ["--xla_foo=1", "--xla_force_host_platform_device_count=2"]
   harness.one_device_env()
-  import os
   assert os.environ["XLA_FLAGS"] == "--xla_foo=1"
 
 
 def _env_factory(fail_after: int):
-  import os
   calls = []
 
   def step():
@@ -87,10 +109,10 @@ def _env_factory(fail_after: int):
 def test_worker_sets_its_env_and_reports_a_failing_step(monkeypatch):
   monkeypatch.setenv("BENCH_TEST_VAR", "parent")  # Restored after the test.
   parent, child = Pipe()
-  worker = threading.Thread(target=harness._serve,
-                            args=(child, _env_factory, {"fail_after": 2},
-                                  {"BENCH_TEST_VAR": "worker"}))
+  worker = threading.Thread(target=harness._serve, args=(child,))
   worker.start()
+  parent.send({"BENCH_TEST_VAR": "worker"})
+  parent.send((harness.reference(_env_factory), {"fail_after": 2}))
   assert parent.recv()["info"] == {"var": "worker"}
   parent.send(2)
   assert len(parent.recv()["times"]) == 2
@@ -120,13 +142,13 @@ def test_exclusive_and_busy_times():
   ev = lambda op, ts, dur, tid=1: {"ts": ts, "dur": dur, "pid": 1, "tid": tid,
                                    "args": {"hlo_op": op}}
   ops = [ev("while", 0, 10), ev("body1", 1, 3), ev("body2", 5, 2), ev("other", 4, 8, tid=2)]
-  assert sorted(profile_step.exclusive_ops(ops)) == [
+  assert sorted(hlo.exclusive_ops(ops)) == [
       ("body1", 3), ("body2", 2), ("other", 8), ("while", 5)]
-  assert profile_step.busy_time(ops) == 12
+  assert hlo.busy_time(ops) == 12
 
 
 def test_idle_time_until_a_dots_consumer_is_the_dots():
-  hlo = profile_step.parse_hlo("""HloModule m, entry_computation_layout={}
+  module = hlo.parse_hlo("""HloModule m, entry_computation_layout={}
 
 ENTRY %main (a: f32[8,8]) -> f32[8,8] {
   %a = f32[8,8]{1,0} parameter(0)
@@ -139,14 +161,14 @@ ENTRY %main (a: f32[8,8]) -> f32[8,8] {
   ev = lambda op, ts, dur: {"ts": ts, "dur": dur, "pid": 1, "tid": 1, "args": {"hlo_op": op}}
   # dot.1 and dot.2 return at 1 and 3; add.3 runs from 1 to 1.5; their consumer starts at 10.
   ops = [ev("dot.1", 0, 1), ev("add.3", 1, 0.5), ev("dot.2", 2, 1), ev("multiply.4", 10, 1)]
-  pending = profile_step.async_dot_time(ops, hlo)
+  pending = hlo.async_dot_time(ops, module)
   assert pending == {"dot.1": 0.5 + 3.5, "dot.2": 3.5}  # 1.5..2 is dot.1's; 3..10 shared.
-  assert profile_step.async_dot_time([ev("add.3", 0, 1), ev("multiply.4", 5, 1)], hlo) == {}
+  assert hlo.async_dot_time([ev("add.3", 0, 1), ev("multiply.4", 5, 1)], module) == {}
 
 
 @pytest.fixture(scope="module")
 def tiny_profile():
-  w = train_benchmark.make_workload("recipe")
+  w = workload.make_workload("recipe")
   w = dataclasses.replace(w, name="tiny", vocab=97, rows=4, length=16, model=dict(
       w.model, d_model=32, num_heads=2, d_ff=64, num_encoder_layers=1, num_decoder_layers=1))
   return profile_step.profile_workload(w, steps=1, warmup=1, num_devices=1)
@@ -175,8 +197,8 @@ def test_matmul_ceiling_counts_every_executed_dot():
 
   x, w = jnp.ones((16, 8)), jnp.ones((8, 8))
   text = jax.jit(jax.grad(f, argnums=(0, 1))).lower(x, w).compile().as_text()
-  counts = matmul_ceiling.executed_dots(text)
-  shape = matmul_ceiling.DotShape
+  counts = hlo.executed_dots(hlo.parse_hlo(text))
+  shape = hlo.DotShape
   # Forward and input gradient: 3 + 3 of [16, 8] . [8, 8]; weight gradient: 3 of [8, 16] . [16, 8].
   assert counts[shape(1, 16, 8, 8)] == 6 and counts[shape(1, 8, 16, 8)] == 3
   assert sum(n for s, n in counts.items() if s.batch == 2) == 2
@@ -199,3 +221,58 @@ def test_malloc_env_preloads_tcmalloc_for_every_side(tmp_path, monkeypatch):
     harness.malloc_env("tcmalloc")
   with pytest.raises(ValueError, match="use system or tcmalloc"):
     harness.malloc_env("jemalloc")
+
+
+# ----------------------------------------------------------------------------- the tools
+
+
+@pytest.fixture
+def keep_env(monkeypatch):
+  """The tools set XLA_FLAGS, JAX_PLATFORMS and LD_PRELOAD for their workers: restored after."""
+  for name in ("XLA_FLAGS", "JAX_PLATFORMS", "LD_PRELOAD"):
+    value = os.environ.get(name)
+    monkeypatch.setenv(name, value or "")  # Records the value (or its absence) to restore.
+    if value is None:
+      monkeypatch.delenv(name)
+
+
+def _table_rows(out: str, shape: str) -> dict[str, str]:
+  return {line.split(" | ")[1]: line for line in out.splitlines()
+          if line.startswith(f"| {shape} |")}
+
+
+def test_peers_import_neither_jax_nor_the_package():
+  import subprocess
+  code = ("import sys, benchmarks.peers; "
+          "assert not {'jax', 'transformer_jax', 'torch'} & set(sys.modules), sys.modules.keys()")
+  subprocess.run([sys.executable, "-c", code], cwd=harness.ROOT, check=True)
+
+
+def test_train_benchmark_runs_every_side_at_tiny_shapes(capsys, keep_env):
+  pytest.importorskip("torch")
+  train_benchmark.main(["--shapes", "tiny", "--sides", "ours,ours-2dev,torch", "--vocab_size",
+                        "64", "--batch", "4", "--length", "8", "--warmup", "0", "--rounds", "1",
+                        "--per_round", "1"])
+  out = capsys.readouterr().out
+  rows = _table_rows(out, "tiny")
+  assert set(rows) == {"ours", "ours-2dev", "torch"}, out  # None "(failed)".
+  assert "parameter counts differ" not in out and "matmul-only bound" in out
+  assert "torch eager" in out and "32 target tokens" in out
+
+
+def test_decode_benchmark_runs_ours_beside_hugging_face(capsys, keep_env):
+  pytest.importorskip("transformers")
+  decode_benchmark.main(["--shapes", "tiny", "--sides", "ours,hf", "--vocab_size", "64",
+                         "--batch", "2", "--src_len", "4", "--new_tokens", "3", "--warmup", "0",
+                         "--rounds", "1", "--per_round", "1"])
+  out = capsys.readouterr().out
+  assert set(_table_rows(out, "tiny")) == {"ours", "hf"}, out
+  assert "exactly 3 new tokens each" in out
+
+
+def test_data_benchmark_times_the_pipeline_and_our_step(multi30k_dir, capsys):
+  data_benchmark.main(["--data_dir", str(multi30k_dir), "--num_batches", "2", "--vocab_size",
+                       "300", "--batch_size", "2", "--seq_len", "32", "--model_step"])
+  out = capsys.readouterr().out
+  assert "tokenize (cached)" in out and "packed" in out and "unpacked" in out
+  assert "Transformer-base train step on one packed 2 x 32 batch" in out

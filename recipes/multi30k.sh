@@ -3,7 +3,7 @@
 # the validation set, translate test_2016_flickr with beam search, score with sacreBLEU, and print
 # the wall time of each stage.
 #
-#   benchmarks/multi30k.sh [tok|raw] [en-de|de-en] [DATA_DIR] [WORKDIR]
+#   recipes/multi30k.sh [tok|raw] [en-de|de-en] [DATA_DIR] [WORKDIR]
 #
 #   tok (default): the official lowercased tokenized files (tok/*.lc.norm.tok.*), BLEU on that text
 #                  (sacreBLEU tokenize=none), as published Multi30k results are scored.
@@ -29,8 +29,7 @@ export XLA_FLAGS="--xla_force_host_platform_device_count=${CPU_DEVICES:-2} ${XLA
 # buffers mapped instead of faulting them back in every step: 1.15-1.23x faster recipe steps
 # (docs/performance.md). MALLOC=system keeps glibc's malloc.
 if [[ "${MALLOC:-tcmalloc}" == tcmalloc ]]; then
-  TCMALLOC=$(python -c 'import sys; sys.path.insert(0, "benchmarks"); import harness
-print(harness.find_tcmalloc() or "")')
+  TCMALLOC=$(python -m benchmarks.harness tcmalloc)
   if [[ -n "$TCMALLOC" ]]; then
     export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
     echo "malloc: $TCMALLOC (MALLOC=system to use glibc's)" >&2
