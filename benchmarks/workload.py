@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import batches, harness
-from transformer_jax import TransformerConfig, Transformer, schedules, sharding, steps
+from transformer_jax import TransformerConfig, Transformer, aot, schedules, sharding, steps
 from transformer_jax.config import PRESETS
 from transformer_jax.experiment_config import (TOKENIZER_FIELDS, ExperimentConfig, OptimConfig,
                                                from_config_dict)
@@ -129,23 +129,11 @@ def make_workload(name: str, *, vocab: int = 8000, batch: int = 32, length: int 
 
 
 def model_flops_per_step(shape: dict, vocab: int, batch: int, length: int) -> float:
-  """Matmul FLOPs of one training step as executed (forward x 3: backward is twice the forward).
-
-  Counts every row's `length` source and `length` target slots (packed rows: padding included,
-  ~4% at the recipe), the Q/K/V/O projections, dense `length` x `length` attention scores and
-  weighted values (causal and cross-segment entries included, as computed), the feed-forward
-  layers, and the vocabulary projection of every target slot. Embedding lookups, softmax,
-  LayerNorm, dropout and the optimizer are not matmuls and are not counted.
-  """
-  D, F, S, T = shape["d_model"], shape["d_ff"], length, length
-  attn_proj = lambda q, kv: 2 * D * D * (2 * q + 2 * kv)  # Q, O on queries; K, V on keys.
-  scores = lambda q, kv: 2 * 2 * q * kv * D  # QK^T and PV.
-  ffn = lambda n: 2 * 2 * n * D * F
-  enc = attn_proj(S, S) + scores(S, S) + ffn(S)
-  dec = attn_proj(T, T) + scores(T, T) + attn_proj(T, S) + scores(T, S) + ffn(T)
-  forward = batch * (shape["num_encoder_layers"] * enc + shape["num_decoder_layers"] * dec
-                     + 2 * T * D * vocab)
-  return 3.0 * forward
+  """`aot.model_flops_per_step` (the package's one count) for a benchmark shape: matmul FLOPs of
+  one step, 3 x the forward, every row's `length` source and target slots (padding included)."""
+  fields = {k: shape[k] for k in ("d_model", "num_heads", "d_ff", "num_encoder_layers",
+                                  "num_decoder_layers")}
+  return aot.model_flops_per_step(TransformerConfig(vocab_size=vocab, **fields), batch, length)
 
 
 # ----------------------------------------------------------------------------- the step

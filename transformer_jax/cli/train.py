@@ -53,6 +53,12 @@ def _define_flags(argv: Sequence[str] | None) -> None:
                       "HOST:PORT of process 0, for multi-process runs.")
   flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
   flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+  flags.DEFINE_string("compile_for", None, "Compile the training step and beam search for this "
+                      "TPU slice (v5e-8, v4-8, v5p-8, v6e-8, v5e-32, 2xv5e-8 for two slices) "
+                      "from this host, print per-chip HBM fit, estimated step time, tokens/s, "
+                      "MFU and collectives, and exit without training (needs the tpu extra).")
+  flags.DEFINE_integer("tokens_per_chip", None, "With --compile_for: source + target tokens "
+                       "per chip per step (default: the config's batch over the chips).")
   flags.DEFINE_bool("allow_corpus_change", False, "Resume a workdir on another corpus than it "
                     "was trained on: fine-tune its weights (with its tokenizer) on the new data.")
 
@@ -112,10 +118,34 @@ def _train(config, workdir: str) -> dict:
     common.fail(str(e), common.RUNTIME_ERROR)
 
 
+def _compile_report(config) -> None:
+  """--compile_for: the training step at the asked size and at half of it (for the largest
+  size that fits), and beam search, compiled for the TPU slice; the report on stdout."""
+  from transformer_jax import aot
+  with common.exit_on(ValueError, RuntimeError):
+    report = aot.compile_train(config, FLAGS.compile_for, tokens_per_chip=FLAGS.tokens_per_chip)
+    half = aot.compile_train(config, FLAGS.compile_for,
+                             tokens_per_chip=report.tokens_per_chip // 2)
+    beam = aot.compile_beam(config, FLAGS.compile_for)
+  print(aot.train_table([report, half]))
+  print(f"Largest tokens per chip that fits (HBM linear in tokens through the two rows): "
+        f"{aot.largest_fitting_tokens(half, report):,}")
+  print(aot.advice(report))
+  print(f"Beam search, batch {beam.batch} x beam {beam.beam_size}, {beam.source_length} source "
+        f"tokens, {beam.new_tokens} new: {beam.seconds:.3f} s, "
+        f"{beam.tokens_per_second:,.0f} generated tokens/s on one chip "
+        f"({beam.total_gib:.2f} of {beam.capacity_gib:.0f} GiB).")
+  print("Estimates are the TPU compiler's (exec_time_optimization_effort -1), corrected for "
+        "loops counted once; see transformer_jax/aot.py.")
+
+
 def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     common.fail(f"unexpected arguments {argv[1:]}; settings go as --config.KEY=VALUE.")
   config = _experiment_config()
+  if FLAGS.compile_for:
+    _compile_report(config)
+    return
   workdir = _workdir()
   common.setup_logging(training=True)
   from transformer_jax import distributed

@@ -4,7 +4,7 @@ import json
 import os
 import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ("--config.num_train_steps=10 --config.checkpoint_every_steps=2 --config.eval_every_steps=10"
         " --config.eval_bleu_examples=32"
         " --config.log_every_steps=5 --config.model.d_model=32 --config.model.d_ff=64"

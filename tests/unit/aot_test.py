@@ -1,0 +1,84 @@
+"""Compiling for TPU slices from this CPU host: topology names, the fit and time report."""
+
+import dataclasses
+
+import pytest
+
+from transformer_jax import aot, experiment_config, topology
+from transformer_jax.config import TransformerConfig
+
+
+def _tpu_available() -> bool:
+  try:
+    topology.devices(topology.parse("v5e-8"))
+  except RuntimeError:
+    return False
+  return True
+
+
+needs_libtpu = pytest.mark.skipif(not _tpu_available(),
+                                  reason="libtpu is not installed (pip install -e '.[tpu]')")
+
+
+def test_cloud_names_map_to_compiler_topologies():
+  assert topology.parse("v5e-8").topology_name == "v5e:2x4"
+  assert topology.parse("v4-8").topology_name == "v4:2x2x1"  # v4-N counts TensorCores.
+  assert topology.parse("v5p-8").chips == 4
+  assert topology.parse("v6e-8").chips == 8
+  two = topology.parse("2xv5e-8")
+  assert (two.num_slices, two.chips) == (2, 16)
+  for bad, words in (("v9-8", "Cloud names it"), ("v5e-7", "sizes: v5e-1, v5e-4"),
+                     ("v4-6", "v4-8")):
+    with pytest.raises(ValueError, match=words):
+      topology.parse(bad)
+
+
+def test_model_flops_count_the_papers_base_step():
+  base = TransformerConfig.base(37_000)
+  # Per token slot (source or target): 6 x ~22M non-embedding parameters per side is ~0.13
+  # GFLOP; the output projection (2 x 512 x 37,000 x 3 per target) and attention add the rest.
+  per_slot = aot.model_flops_per_step(base, rows=1, length=64) / 128
+  assert 0.18e9 < per_slot < 0.2e9
+  assert aot.model_flops_per_step(base, rows=4, length=64) == 4 * per_slot * 128
+
+
+def _report(**changes) -> aot.TrainReport:
+  fields = dict(topology="v5e-8", parallelism="jit", fsdp=False, remat=False,
+                tokens_per_chip=65_536, rows_per_device=512, params_gib=0.2, optimizer_gib=0.5,
+                temp_gib=9.0, total_gib=10.0, capacity_gib=16.0, step_seconds=0.2,
+                model_tflop_per_chip=13.0, xla_tflop_per_chip=14.0, mfu=0.33,
+                collectives={"all-reduce": 5}, compile_seconds=50.0)
+  return aot.TrainReport(**{**fields, **changes})
+
+
+def test_the_largest_fit_and_the_advice_when_it_does_not_fit():
+  half = _report(tokens_per_chip=32_768, total_gib=5.5)
+  assert aot.largest_fitting_tokens(half, _report()) == 32_768 + int(10.5 / (4.5 / 32_768))
+  assert "Fits" in aot.advice(_report())
+  too_big = _report(total_gib=20.0)
+  assert not too_big.fits
+  assert "fsdp=True" in aot.advice(too_big) and "remat=True" in aot.advice(too_big)
+  assert "fsdp" not in aot.advice(dataclasses.replace(too_big, fsdp=True))
+
+
+def _tiny_config(parallelism: str):
+  config = experiment_config.base_config(model="tiny")
+  config.data.vocab_size = 6_000
+  config.parallelism = parallelism
+  return experiment_config.from_config_dict(config)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("parallelism", ["jit", "shard_map"])
+def test_tiny_training_step_compiles_for_a_v5e_slice(parallelism):
+  # 32k tokens per chip: 16k target tokens per device, three chunks of the fused loss at 6,000
+  # words, so the loop correction is exercised.
+  report = aot.compile_train(_tiny_config(parallelism), "v5e-8", tokens_per_chip=32_768)
+  assert (report.tokens_per_chip, report.rows_per_device) == (32_768, 256)
+  assert report.fits and report.capacity_gib == 16.0
+  assert 0 < report.params_gib < report.optimizer_gib < report.total_gib
+  assert report.step_seconds > 0 and 0 < report.mfu < 1
+  assert report.xla_tflop_per_chip > 0.5 * report.model_tflop_per_chip
+  assert report.collectives["all-reduce"] >= 1  # The gradients' sum over the 8 chips.
+  assert report.collectives["all-gather"] == 0  # Replicated parameters: no activations moved.
+  assert "| v5e-8 |" in aot.train_table([report])
