@@ -253,27 +253,65 @@ def evaluate(p_eval_step, params, eval_batches, mesh) -> dict[str, float]:
 
 def translation_metrics(config: ExperimentConfig, params, model: Transformer,
                         data) -> tuple[dict, list[str]]:
-  """BLEU and chrF of the first `eval_bleu_examples` eval sentences, and a few sample lines."""
+  """BLEU and chrF of the first `eval_bleu_examples` eval sentences, and a few sample lines.
+
+  Each process decodes every `process_count`-th sentence (from its `process_index`) and the
+  hypotheses are gathered to every process, so hosts share the work instead of repeating it.
+  """
   from transformer_jax import evaluation
   n = config.eval_bleu_examples
   if not n or not data.eval_sources:
     return {}, []
   sources = data.eval_sources if n < 0 else data.eval_sources[:n]
   references = data.eval_references[:len(sources)]
-  hypotheses, scores = evaluation.translate_and_score(
-      model, _local_copy(params), data.tokenizer, sources, references,
-      tokenize=config.eval_bleu_tokenize, beam_size=config.eval_beam_size)
+  index, count = jax.process_index(), jax.process_count()
+  mine = evaluation.translate(model, _local_copy(params), data.tokenizer, sources[index::count],
+                              beam_size=config.eval_beam_size)
+  hypotheses = interleave(_gather_from_processes(mine, count), len(sources))
+  scores = evaluation.corpus_scores(hypotheses, references, tokenize=config.eval_bleu_tokenize)
   samples = [f"  {s}\n  -> {h}\n     (reference: {r})" for s, h, r in
              list(zip(sources, hypotheses, references))[:config.num_sample_translations]]
   return {"eval_bleu": scores["bleu"].score, "eval_chrf": scores["chrf"].score}, samples
 
 
-def _local_copy(params):
-  """A single-device copy of (replicated or FSDP-sharded) parameters, for host-side decoding."""
-  if jax.process_count() == 1:
-    return jax.tree.map(lambda x: jax.device_put(x, jax.local_devices()[0]), params)
+def interleave(parts: list[list[str]], total: int) -> list[str]:
+  """The inverse of dealing `total` items round-robin: `parts[p]` held items p, p + P, ..."""
+  out = [""] * total
+  for p, part in enumerate(parts):
+    out[p::len(parts)] = part
+  return out
+
+
+def _gather_from_processes(lines: list[str], count: int) -> list[list[str]]:
+  """Every process's `lines` (UTF-8 through a padded byte array), in process order."""
+  if count == 1:
+    return [lines]
   from jax.experimental import multihost_utils
-  return jax.tree.map(lambda x: multihost_utils.process_allgather(x, tiled=True), params)
+  encoded = [line.encode("utf-8") for line in lines]
+  sizes = np.asarray([len(lines), max(map(len, encoded), default=0)], np.int32)
+  rows, width = multihost_utils.process_allgather(sizes).max(axis=0)
+  lengths = np.full((rows,), -1, np.int32)  # -1: no line in this row.
+  table = np.zeros((rows, max(width, 1)), np.uint8)
+  for i, line in enumerate(encoded):
+    lengths[i] = len(line)
+    table[i, :len(line)] = np.frombuffer(line, np.uint8)
+  all_lengths = multihost_utils.process_allgather(lengths)  # [processes, rows]
+  all_tables = multihost_utils.process_allgather(table)  # [processes, rows, width]
+  return [[bytes(row[:n]).decode("utf-8") for row, n in zip(t, ls) if n >= 0]
+          for t, ls in zip(all_tables, all_lengths)]
+
+
+def _local_copy(params):
+  """A single-device copy of the parameters for host-side decoding: a replicated array's local
+  shard (no communication), or an FSDP-sharded one gathered from every process."""
+  def one(x):
+    if x.is_fully_replicated:
+      return jax.device_put(x.addressable_shards[0].data, jax.local_devices()[0])
+    if jax.process_count() == 1:
+      return jax.device_put(x, jax.local_devices()[0])
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree.map(one, params)
 
 
 # ----------------------------------------------------------------------------- loop helpers

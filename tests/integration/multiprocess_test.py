@@ -13,7 +13,8 @@ from transformer_jax import monitoring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
-STEPS = ["--config.num_train_steps=20", "--config.eval_every_steps=0",
+STEPS = ["--config.num_train_steps=20", "--config.eval_every_steps=20",
+         "--config.eval_bleu_examples=16", "--config.eval_beam_size=2",
          "--config.checkpoint_every_steps=10"]
 
 
@@ -50,16 +51,29 @@ def _losses(workdir):
           monitoring.read_metrics(os.path.join(workdir, "metrics.jsonl")) if "train_loss" in r}
 
 
+def _eval_chrf(workdir):
+  records = monitoring.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return [r["eval_chrf"] for r in records if "eval_chrf" in r][-1]
+
+
 @pytest.fixture(scope="module")
-def single_process_losses(tmp_path_factory):
+def single_process(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("single"))
   _wait([_launch(workdir, 4)])
-  return _losses(workdir)
+  return workdir
 
 
-def test_two_processes_match_one_process(tmp_path, single_process_losses):
+@pytest.fixture(scope="module")
+def single_process_losses(single_process):
+  return _losses(single_process)
+
+
+def test_two_processes_match_one_process(tmp_path, single_process, single_process_losses):
   workdir = str(tmp_path / "multi")
   outs = _wait(_two_processes(workdir))
+  # Each process translated half the eval sentences; the gathered hypotheses score as one
+  # process's (the parameters agree to float rounding, so the translations do).
+  assert _eval_chrf(workdir) == pytest.approx(_eval_chrf(single_process), abs=0.5)
   losses = _losses(workdir)
   assert sorted(losses) == sorted(single_process_losses) and max(losses) == 20
   assert losses[20] == pytest.approx(single_process_losses[20], rel=1e-3)

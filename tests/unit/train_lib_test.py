@@ -58,3 +58,10 @@ def test_preemption_flag_is_local_with_one_process():
     preemption.signum = 15
     # One process needs no agreement: it stops at the very next step.
     assert preemption.requested(sync_point=False)
+
+
+def test_hypotheses_dealt_round_robin_come_back_in_order():
+  lines = [f"line {i}" for i in range(7)]
+  parts = [lines[p::3] for p in range(3)]  # What processes 0, 1, 2 translate.
+  assert train_lib.interleave(parts, 7) == lines
+  assert train_lib.interleave([lines], 7) == lines
