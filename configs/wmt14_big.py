@@ -10,4 +10,7 @@ def get_config():
   c.keep_checkpoints = 20         # The paper averages the last 20 checkpoints for big models.
   c.eval_bleu_examples = 1_000
   c.model.scan_layers = True      # Faster compiles at this size.
+  c.data.seq_len = 128            # As wmt14_base.py: 192 rows of 128 tokens (TPU-friendly).
+  c.data.max_len = 128
+  c.data.batch_size = 192
   return c

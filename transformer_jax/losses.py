@@ -20,9 +20,10 @@ import jax.numpy as jnp
 # cache's order (256-1024 tokens were equally fast at 6,000 words on the 2-core Zen 4, 128
 # slower). On GPUs and TPUs a chunk must keep the matrix units busy and the loop short: each
 # iteration rewrites the float32 gradient of the projection ([V, D], 76 MB for base at 37k
-# words), which at CPU-sized 64-token chunks cost as much as the rest of a TPU step.
+# words), which at CPU-sized 64-token chunks cost as much as the rest of a TPU step; 512 MiB
+# (3,584 tokens at 37k words) was 1.04x faster than 128 MiB for base on v5e-8 (docs/tpu.md).
 CHUNK_BYTES = {"cpu": 8 * 2**20}
-ACCELERATOR_CHUNK_BYTES = 128 * 2**20
+ACCELERATOR_CHUNK_BYTES = 512 * 2**20
 
 
 def default_chunk_tokens(vocab: int, platform: str | None = None) -> int:
