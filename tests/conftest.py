@@ -2,8 +2,9 @@
 
 tests/unit/ holds behaviour tests of the package's modules, in-process and quick;
 tests/integration/ runs the commands (subprocesses, several processes, the recipe, the
-benchmarks' smoke runs). Every test under tests/integration/ is marked `integration`, so the
-quick loop is `python -m pytest -m "not integration"`.
+benchmarks' smoke runs). Every test under tests/integration/ is marked `integration`, and unit
+tests that compile several programs are marked `slow`, so the quick loop is
+`python -m pytest -q -m "not integration and not slow"`.
 """
 
 import os

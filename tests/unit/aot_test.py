@@ -70,6 +70,7 @@ def _tiny_config(parallelism: str):
 
 @needs_libtpu
 @pytest.mark.parametrize("parallelism", ["jit", "shard_map"])
+@pytest.mark.slow
 def test_tiny_training_step_compiles_for_a_v5e_slice(parallelism, monkeypatch):
   # 1 MiB chunks are 64 tokens at 6,000 words: the loss loop runs 64 chunks per device, so the
   # correction for loops counted once is exercised.
@@ -84,3 +85,13 @@ def test_tiny_training_step_compiles_for_a_v5e_slice(parallelism, monkeypatch):
   assert report.collectives["all-reduce"] >= 1  # The gradients' sum over the 8 chips.
   assert report.collectives["all-gather"] == 0  # Replicated parameters: no activations moved.
   assert "| v5e-8 |" in aot.train_table([report])
+
+
+def test_collectives_are_counted_with_tuple_types():
+  hlo = """
+  %all-reduce.1 = (f32[8]{0}, /*index=1*/f32[4]{0}) all-reduce(%a, %b), replica_groups={}
+  %ag = f32[16]{0} all-gather-start(%all-reduce.1), dimensions={0}
+  %x = f32[8]{0} add(%all-reduce.1, %all-reduce.1)
+  """
+  counts = aot.count_collectives(hlo)
+  assert counts["all-reduce"] == 1 and counts["all-gather"] == 1 and counts["reduce-scatter"] == 0

@@ -60,6 +60,7 @@ def test_packing_efficiency(multi30k):
   assert real / (30 * 2 * BATCH * SEQ_LEN) >= 0.90
 
 
+@pytest.mark.slow
 def test_packing_reconstructs_every_example_once(multi30k):
   _, tok, tokens, keep = multi30k
   assert len(keep) == 29_000  # Nothing of Multi30k is empty or longer than 128 tokens.

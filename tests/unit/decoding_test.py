@@ -110,6 +110,7 @@ def _first_eos(tokens):
   return np.where((tokens == EOS).any(-1), (tokens == EOS).argmax(-1), tokens.shape[-1])
 
 
+@pytest.mark.slow
 def test_greedy_equals_uncached_argmax_loop(reverser, random6):
   tokens = decoding.greedy_search(Transformer(CONFIG), reverser, SRC, max_len=8)
   assert tokens.shape == (4, 8) and tokens.dtype == jnp.int32
@@ -135,6 +136,7 @@ def _exhaustive(params, src_row, max_len, alpha, min_len):
 
 
 @pytest.mark.parametrize("alpha, min_len", [(0.6, 0), (0.0, 1)])
+@pytest.mark.slow
 def test_beam_search_equals_exhaustive_search(random6, alpha, min_len):
   # Beam 64 exceeds the 31 possible hypotheses: empty slots must not displace real ones.
   tokens, scores = decoding.beam_search(Transformer(CONFIG6), random6, SRC6, beam_size=64,
@@ -185,6 +187,7 @@ def test_beam_search_prefers_its_best_and_beam_one_follows_greedy(reverser):
   np.testing.assert_array_equal(one[:, 0], greedy)
 
 
+@pytest.mark.slow
 def test_padded_batch_decodes_each_row_as_alone_and_stops_early(reverser):
   model = Transformer(CONFIG)
   greedy, steps = decoding.greedy_search(model, reverser, SRC, return_steps=True)

@@ -53,6 +53,7 @@ def _run(*args):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_later_process_loads_the_stored_programs_and_decodes_the_same(tmp_path):
   first = _run(str(tmp_path / "exe"), "store")
   assert first["stats"] == {"compiled": 2, "stored": 2}

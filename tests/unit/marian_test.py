@@ -168,6 +168,7 @@ def test_greedy_search_equals_generate(hf, translator):
 
 
 @pytest.mark.parametrize("alpha, max_new", [(1.0, MAX_NEW), (0.6, 5)])
+@pytest.mark.slow
 def test_beam_search_equals_generate(hf, translator, alpha, max_new):
   # transformers' length_penalty is alpha with convention="huggingface"; max_new 5 cuts some
   # hypotheses at the limit, where transformers lets them compete with the finished ones.
@@ -244,6 +245,7 @@ def test_hub_ids_are_downloaded_and_a_failed_download_is_one_error(hf_dir, monke
     marian.resolve_model("Helsinki-NLP/opus-mt-en-de")
 
 
+@pytest.mark.slow
 def test_fine_tune_from_the_import_runs_and_resumes(hf_dir, tmp_path):
   small = tmp_path / "opus-mt-1+1"  # The same tokenizer; one layer each: a faster compile.
   shutil.copytree(hf_dir, small)

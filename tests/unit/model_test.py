@@ -35,6 +35,7 @@ def _apply(config, params, src, tgt, deterministic=True, dropout_seed=0, **packi
 CONFIG = _config()
 
 
+@pytest.mark.slow
 def test_shapes_and_dtypes():
   params = _init(CONFIG)
   logits = _apply(CONFIG, params, SRC, TGT)
@@ -59,6 +60,7 @@ def test_split_sinusoids_are_marians_layout():
   assert sinusoidal_encoding(jnp.arange(3), 15, "split").shape == (3, 15)
 
 
+@pytest.mark.slow
 def test_a_pad_start_token_is_attended():
   config = _config(decoder_start_is_pad=True, bos_id=0, logits_bias=True)
   params = _init(config)
@@ -137,6 +139,7 @@ def test_encode_then_decode_equals_call():
   np.testing.assert_allclose(full, logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_only_when_not_deterministic():
   config = _config(attention_dropout_rate=0.1)
   params = _init(config)
@@ -151,6 +154,7 @@ def test_dropout_only_when_not_deterministic():
     Transformer(config).apply({"params": params}, SRC, TGT, deterministic=False)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_params():
   config = _config(dtype="bfloat16")
   params = _init(config)
@@ -180,6 +184,7 @@ def _grads(config, params, deterministic=False):
 
 
 @pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.slow
 def test_scan_equals_unrolled(remat):
   params = _init(CONFIG)
   scanned = CONFIG.replace(scan_layers=True, remat=remat)
@@ -200,6 +205,7 @@ def test_scan_equals_unrolled(remat):
     np.testing.assert_allclose(x, y, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_remat_equals_plain_gradients():
   ga = _grads(CONFIG, _init(CONFIG))
   gb = _grads(CONFIG.replace(remat=True), _init(CONFIG))
@@ -215,6 +221,7 @@ def test_remat_equals_plain_gradients():
                                        dict(activation="swish", sinusoid_layout="split",
                                             scale_embeddings=False, logits_bias=True,
                                             decoder_start_is_pad=True, bos_id=0)])
+@pytest.mark.slow
 def test_cached_decoding_equals_full_forward(overrides):
   config = _config(**overrides)
   model = Transformer(config)

@@ -53,6 +53,7 @@ def _one_step(devices, optim, steps=1, fsdp=False, parallelism="jit", evaluate=F
   return state, metrics
 
 
+@pytest.mark.slow
 def test_multi_device_step_equals_single_device_step():
   assert jax.device_count() == 8, "tests/conftest.py sets 8 fake CPU devices"
   # Adam's first updates are ~lr * sign(g); eps 1e-3 keeps near-zero gradients (whose sign
@@ -72,6 +73,7 @@ def _two_slices():
   return jax.sharding.Mesh(np.asarray(jax.devices()).reshape(2, 4), sharding.BATCH_AXES)
 
 
+@pytest.mark.slow
 def test_two_slice_step_equals_single_device_step():
   # shard_map with FSDP: every collective over both axes (the reduce-scatter within a slice,
   # then the sum over slices); the jit step's per-device loss uses the same batch axes.
@@ -87,6 +89,7 @@ def test_two_slice_step_equals_single_device_step():
   np.testing.assert_allclose(m1["train_loss"], m2["train_loss"], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_jit_step_never_all_gathers_activations():
   # Parameters replicated: any all-gather would move hidden states. Written for the global
   # batch, the fused loss's chunk loop all-gathered each chunk's hidden states on every device
@@ -106,6 +109,7 @@ def test_jit_step_never_all_gathers_activations():
   assert "all-reduce" in hlo  # The gradients' sum over devices.
 
 
+@pytest.mark.slow
 def test_fused_loss_step_equals_plain_loss_step():
   model = Transformer(TransformerConfig.tiny(40, logits_bias=True))
   tx, schedule = schedules.create_optimizer(_optim(eps=1e-3), d_model=32, num_train_steps=10)
@@ -123,6 +127,7 @@ def test_fused_loss_step_equals_plain_loss_step():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_and_clipping_run():
   state, metrics = _one_step(jax.devices()[:1], _optim(grad_accum_steps=2, grad_clip_norm=0.5),
                              steps=2)
@@ -135,6 +140,7 @@ def test_gradient_accumulation_and_clipping_run():
 @pytest.mark.parametrize("fsdp, optim", [(False, {}), (False, {"grad_accum_steps": 2}),
                                          (True, {"grad_clip_norm": 0.5})],
                          ids=["replicated", "accumulation", "fsdp-clipping"])
+@pytest.mark.slow
 def test_shard_map_step_equals_jit_step(fsdp, optim):
   # The reference is always the replicated jit step, so the FSDP case also checks that FSDP
   # changes nothing. Dropout and attention dropout are on: the masks follow the global row
