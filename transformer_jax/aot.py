@@ -263,8 +263,8 @@ def compile_beam(config: ExperimentConfig, topology: str, *, batch: int = 64, be
                  source_length: int = 32, effort: float = DEFAULT_EFFORT) -> BeamReport:
   """Compiles beam search (the paper's: up to source + 50 tokens) on one chip of `topology`."""
   topo = topology_lib.parse(topology)
-  device = topology_lib.devices(topo)[0]
-  one = jax.sharding.SingleDeviceSharding(device)
+  devices = topology_lib.devices(topo)
+  one = jax.sharding.SingleDeviceSharding(devices[0])
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
   model = _model(config, "tpu")
   cfg, new_tokens = model.config, source_length + decoding.EXTRA_LENGTH
@@ -285,7 +285,7 @@ def compile_beam(config: ExperimentConfig, topology: str, *, batch: int = 64, be
   return BeamReport(topology=topology, batch=batch, beam_size=beam_size,
                     source_length=source_length, new_tokens=new_tokens,
                     total_gib=whole.hbm_bytes / 2.0**30,
-                    capacity_gib=topo.chip.hbm_gib * topo.chips / len(topology_lib.devices(topo)),
+                    capacity_gib=topo.chip.hbm_gib * topo.chips / len(devices),
                     seconds=whole.seconds + (new_tokens - 1) * step.seconds,
                     compile_seconds=whole.compile_seconds + step.compile_seconds)
 
