@@ -15,7 +15,11 @@ import math
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import flax.struct
 
+from jax.sharding import PartitionSpec as P
+
+from transformer_jax import attention_kernel, sharding
 from transformer_jax.config import TransformerConfig
 from transformer_jax.dropout import dropout
 
@@ -45,16 +49,48 @@ def causal_mask(length: int) -> Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
 
 
+@flax.struct.dataclass
+class AttentionMask:
+  """A padding/packing/causal mask as ids: key s is visible to query t iff their ids are equal
+  (and s <= t when `causal`).
+
+  `dense()` is the boolean `[B, 1, Tq, Tk]` mask; the fused TPU kernel (attention_kernel.py)
+  reads the ids instead and never builds it.
+  """
+  query_ids: Array  # [B, Tq] int32: the query's packed example (0 without packing).
+  key_ids: Array    # [B, Tk] int32: the key's packed example; PADDING_ID for padding keys.
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def dense(self) -> Array:
+    """The boolean `[B, 1, Tq, Tk]` mask."""
+    mask = (self.query_ids[:, :, None] == self.key_ids[:, None, :])[:, None]
+    if self.causal:
+      mask = mask & causal_mask(self.query_ids.shape[1])
+    return mask
+
+
+PADDING_ID = jnp.iinfo(jnp.int32).min  # A padding key's id: no query's (segments are >= 0).
+
+
+def attention_mask(query_tokens: Array, key_tokens: Array, *, pad_id: int = 0,
+                   query_segments: Array | None = None, key_segments: Array | None = None,
+                   causal: bool = False) -> AttentionMask:
+  """The padding, segment (packing) and causal masks as one `AttentionMask`."""
+  if (query_segments is None) != (key_segments is None):
+    query_segments = key_segments = None  # As before: segments apply only when both are given.
+  if query_segments is None:
+    query_segments = jnp.zeros(query_tokens.shape, jnp.int32)
+    key_segments = jnp.zeros(key_tokens.shape, jnp.int32)
+  key_ids = jnp.where(key_tokens != pad_id, key_segments.astype(jnp.int32), PADDING_ID)
+  return AttentionMask(query_segments.astype(jnp.int32), key_ids, causal)
+
+
 def make_attention_mask(query_tokens: Array, key_tokens: Array, *, pad_id: int = 0,
                         query_segments: Array | None = None, key_segments: Array | None = None,
                         causal: bool = False) -> Array:
   """Combines the padding, segment (packing) and causal masks into one `[B, 1, Tq, Tk]`."""
-  mask = padding_mask(query_tokens, key_tokens, pad_id)
-  if query_segments is not None and key_segments is not None:
-    mask = mask & segment_mask(query_segments, key_segments)
-  if causal:
-    mask = mask & causal_mask(query_tokens.shape[1])
-  return mask
+  return attention_mask(query_tokens, key_tokens, pad_id=pad_id, query_segments=query_segments,
+                        key_segments=key_segments, causal=causal).dense()
 
 
 def slot_mask(beam_history_BxNxL: Array, key_valid_BxLxN: Array) -> Array:
@@ -135,6 +171,26 @@ def fused_mask(mask: Array | None, q_BxTxHxK: Array, k_BxSxHxK: Array) -> Array 
   return jnp.broadcast_to(mask, (batch, mask.shape[1], length_q, length_k))
 
 
+def _fused_per_device(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask: AttentionMask) -> Array:
+  """`attention_kernel.fused_attention`, run per device on its batch rows.
+
+  XLA cannot partition a Pallas kernel: given batch-sharded inputs under `jit` it would gather
+  the whole batch onto every device. Inside a mesh context (the jit training steps trace under
+  their mesh) the kernel runs under `shard_map` over the mesh's batch axes that are not manual
+  already; inside a `shard_map` step, or with no mesh, it is called directly.
+  """
+  kernel = functools.partial(attention_kernel.fused_attention, causal=mask.causal)
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else tuple(a for a in sharding.BATCH_AXES
+                                     if a in mesh.axis_names and a not in mesh.manual_axes)
+  args = (q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask.query_ids, mask.key_ids)
+  if not axes:
+    return kernel(*args)
+  rows = P(axes)
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(rows,) * 5, out_specs=rows,
+                       axis_names=set(axes), check_vma=False)(*args)
+
+
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: self, causal or cross, with an optional key/value cache.
 
@@ -173,21 +229,27 @@ class MultiHeadAttention(nn.Module):
     out_proj = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=dense_init,
                                dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, name="out")
     if decode:
+      if isinstance(mask, AttentionMask):
+        mask = mask.dense()
       return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, decode_position, key,
                                              value))
     k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
     implementation = cfg.resolved().attention_impl  # "auto": the default backend's choice.
+    dense_mask = mask.dense() if isinstance(mask, AttentionMask) else mask
     if implementation == "plain" or (rate > 0.0 and not deterministic):
       rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
       out_BxTxHxK, probs_BxHxTxS = _plain_attention_and_probs(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK,
-                                                              mask, rate, rng)
+                                                              dense_mask, rate, rng)
       self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
-    else:
+    elif implementation == "pallas" and isinstance(mask, AttentionMask) and \
+        attention_kernel.supports(q_BxTxHxK.shape[1], k_BxSxHxK.shape[1], K):
+      out_BxTxHxK = _fused_per_device(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask)
+    else:  # "pallas" falls back to XLA for a dense mask or shapes the kernel does not take.
       out_BxTxHxK = jax.nn.dot_product_attention(
-          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=fused_mask(mask, q_BxTxHxK, k_BxSxHxK),
-          implementation=implementation)
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=fused_mask(dense_mask, q_BxTxHxK, k_BxSxHxK),
+          implementation="xla" if implementation == "pallas" else implementation)
     return out_proj(out_BxTxHxK)
 
   def _cached_attention(self, q_BxNxHxK, inputs_kv, mask, position, key, value):

@@ -14,7 +14,7 @@ import numpy as np
 Activation = Literal["relu", "gelu", "gelu_exact", "swish"]
 Positional = Literal["sinusoidal", "learned"]
 SinusoidLayout = Literal["interleaved", "split"]
-AttentionImpl = Literal["auto", "xla", "cudnn", "plain"]
+AttentionImpl = Literal["auto", "xla", "cudnn", "plain", "pallas"]
 
 # The paper's models (Table 3) and a small one for tests and demos: the fields each preset sets.
 # The dataclass defaults are Transformer-base, so "base" changes nothing.
@@ -62,9 +62,11 @@ class TransformerConfig:
       start token, attended to and never masked as padding, and the searches never generate
       pad_id.
     layer_norm_epsilon: Epsilon of every LayerNorm.
-    attention_impl: "auto" (cuDNN fused kernel on GPUs in half precision, "plain" on
-      CPUs, XLA otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`), or "plain"
-      (explicit heads-first einsum/softmax; always used when attention dropout is active).
+    attention_impl: "auto" (the Pallas kernel on TPUs, cuDNN's fused kernel on GPUs in half
+      precision, "plain" on CPUs, XLA otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`),
+      "pallas" (attention_kernel.py: one fused TPU kernel per pass for lengths up to 512, XLA
+      beyond; elsewhere it runs in the slow Pallas interpreter), or "plain" (explicit heads-first
+      einsum/softmax; always used when attention dropout is active).
     scan_layers: Run each stack as one `nn.scan` over stacked layer parameters
       (fast compiles; parameters get a leading layer axis).
     remat: Rematerialize each layer's activations in the backward pass.
@@ -167,7 +169,9 @@ class TransformerConfig:
     if impl == "auto":
       half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
       # CPU: the heads-first plain path is 1.04-1.07x faster (docs/performance.md).
-      impl = {"cpu": "plain", "gpu": "cudnn" if half else "xla"}.get(platform, "xla")
+      # TPU: the fused kernel keeps scores in VMEM (docs/tpu.md: 1.3x faster steps).
+      impl = {"cpu": "plain", "gpu": "cudnn" if half else "xla", "tpu": "pallas"}.get(platform,
+                                                                                     "xla")
     return self.replace(dtype=dtype, attention_impl=impl)
 
   @property

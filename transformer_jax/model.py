@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 import numpy as np
 
-from transformer_jax.attention import MultiHeadAttention, dense_init, make_attention_mask, slot_mask
+from transformer_jax.attention import MultiHeadAttention, attention_mask, dense_init, slot_mask
 from transformer_jax.config import TransformerConfig, require_int
 from transformer_jax.dropout import dropout
 
@@ -238,8 +238,8 @@ class Encoder(nn.Module):
     if src_positions is None:
       src_positions = jnp.broadcast_to(jnp.arange(src.shape[1]), src.shape)
     x = Embedder(cfg, embed, name="embedder")(src, src_positions, deterministic=deterministic)
-    mask = make_attention_mask(src, src, pad_id=cfg.pad_id, query_segments=src_segments,
-                               key_segments=src_segments)
+    mask = attention_mask(src, src, pad_id=cfg.pad_id, query_segments=src_segments,
+                          key_segments=src_segments)
     x = _layer_stack(cfg, EncoderLayer, cfg.num_encoder_layers, x, mask,
                      deterministic=deterministic)
     if cfg.pre_norm:
@@ -278,11 +278,11 @@ class Decoder(nn.Module):
     if tgt_positions is None:
       tgt_positions = jnp.broadcast_to(jnp.arange(tgt_in.shape[1]), tgt_in.shape)
     if not decode:
-      self_mask = make_attention_mask(tgt_in, _target_keys(cfg, tgt_in, tgt_positions),
-                                      pad_id=cfg.pad_id, causal=True,
-                                      query_segments=tgt_segments, key_segments=tgt_segments)
-    cross_mask = make_attention_mask(tgt_in, src, pad_id=cfg.pad_id, query_segments=tgt_segments,
-                                     key_segments=src_segments)
+      self_mask = attention_mask(tgt_in, _target_keys(cfg, tgt_in, tgt_positions),
+                                 pad_id=cfg.pad_id, causal=True, query_segments=tgt_segments,
+                                 key_segments=tgt_segments)
+    cross_mask = attention_mask(tgt_in, src, pad_id=cfg.pad_id, query_segments=tgt_segments,
+                                key_segments=src_segments)
     y = Embedder(cfg, embed, name="embedder")(tgt_in, tgt_positions, deterministic=deterministic)
     y = _layer_stack(cfg, DecoderLayer, cfg.num_decoder_layers, y, encoded, self_mask, cross_mask,
                      position, deterministic=deterministic, decode=decode)

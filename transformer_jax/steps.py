@@ -212,6 +212,15 @@ def shard_map_eval_step(params, batch: dict[str, jax.Array], *, model: Transform
 # ----------------------------------------------------------------------------- compiled steps
 
 
+def under_mesh(fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
+  """`fn` traced with `mesh` as the abstract mesh (`jax.sharding.get_abstract_mesh()`)."""
+  @functools.wraps(fn)
+  def traced(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return traced
+
+
 def compile_steps(parallelism: Parallelism, *, model: Transformer, mesh: jax.sharding.Mesh,
                   state_shardings, dropout_key: jax.Array, label_smoothing: float,
                   schedule) -> tuple[Callable, Callable]:
@@ -235,6 +244,8 @@ def compile_steps(parallelism: Parallelism, *, model: Transformer, mesh: jax.sha
                                  param_specs=specs, chunk_tokens=chunk)
     eval_fn = functools.partial(shard_map_eval_step, model=model,
                                 label_smoothing=label_smoothing, mesh=mesh, param_specs=specs)
+  else:  # Global steps trace under their mesh: per-device pieces (the TPU attention kernel)
+    train_fn, eval_fn = under_mesh(train_fn, mesh), under_mesh(eval_fn, mesh)  # find it there.
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   p_train_step = jax.jit(train_fn, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)

@@ -93,7 +93,7 @@ def test_auto_attention_and_dtype_resolve_for_the_devices_platform():
   assert CONFIG.compute_dtype == jnp.float32
   # Compiling for TPU or GPU from this CPU host: the mesh's platform decides, not the host's.
   assert (CONFIG.resolved("tpu").dtype, CONFIG.resolved("tpu").attention_impl) == (
-      "bfloat16", "xla")
+      "bfloat16", "pallas")
   assert CONFIG.resolved("gpu").attention_impl == "cudnn"
   assert CONFIG.replace(dtype="float32").resolved("gpu").attention_impl == "xla"
   explicit = CONFIG.replace(dtype="float32", attention_impl="plain")

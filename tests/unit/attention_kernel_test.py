@@ -1,0 +1,154 @@
+"""The fused TPU attention kernel equals the plain path (run here by the Pallas interpreter)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from transformer_jax import (Transformer, TransformerConfig, aot, attention_kernel, sharding,
+                             steps)
+from transformer_jax.attention import (PADDING_ID, AttentionMask, attention_mask,
+                                       make_attention_mask, plain_attention)
+
+from tests.unit.aot_test import needs_libtpu
+
+
+def _inputs(batch=3, length_q=16, length_k=24, heads=2, head_dim=8, seed=0):
+  rng = np.random.RandomState(seed)
+  q, k, v = (jnp.asarray(rng.randn(batch, n, heads, head_dim), jnp.float32)
+             for n in (length_q, length_k, length_k))
+  query_ids = jnp.asarray(rng.randint(0, 3, (batch, length_q)), jnp.int32)
+  key_ids = jnp.asarray(rng.randint(0, 3, (batch, length_k)), jnp.int32)
+  key_ids = key_ids.at[:, -3:].set(PADDING_ID)  # Padding keys.
+  query_ids = query_ids.at[0, 0].set(7)         # A query that sees no key at all.
+  return q, k, v, query_ids, key_ids
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_kernel_values_and_gradients_equal_plain_attention(causal):
+  q, k, v, query_ids, key_ids = _inputs()
+  mask = AttentionMask(query_ids, key_ids, causal=False).dense()
+  if causal:
+    mask = mask & jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
+  weights = jnp.asarray(np.random.RandomState(1).randn(*q.shape), jnp.float32)
+  fused = lambda q, k, v: jnp.sum(weights * attention_kernel.fused_attention(
+      q, k, v, query_ids, key_ids, causal=causal))
+  plain = lambda q, k, v: jnp.sum(weights * plain_attention(q, k, v, mask))
+  value, grads = jax.value_and_grad(fused, argnums=(0, 1, 2))(q, k, v)
+  value_ref, grads_ref = jax.value_and_grad(plain, argnums=(0, 1, 2))(q, k, v)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  for grad, grad_ref in zip(grads, grads_ref):
+    np.testing.assert_allclose(grad, grad_ref, atol=2e-5)
+
+
+def test_kernel_splits_the_batch_into_cells_and_keeps_bfloat16():
+  q, k, v, query_ids, key_ids = _inputs(batch=6)
+  mask = AttentionMask(query_ids, key_ids).dense()
+  small = attention_kernel.VMEM_BYTES
+  try:  # Force one row per grid cell: cells must tile the batch exactly.
+    attention_kernel.VMEM_BYTES = 1
+    out = attention_kernel.fused_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)),
+                                           query_ids, key_ids)
+  finally:
+    attention_kernel.VMEM_BYTES = small
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), plain_attention(q, k, v, mask), atol=3e-2)
+
+
+def test_kernel_refuses_shapes_it_does_not_take_in_one_line():
+  q, k, v, query_ids, key_ids = _inputs(length_q=12)
+  with pytest.raises(ValueError, match="multiples of 8 up to 512.*attention_impl='xla'"):
+    attention_kernel.fused_attention(q, k, v, query_ids, key_ids)
+
+
+def test_ids_mask_equals_the_composed_dense_mask():
+  tokens = np.array([[3, 4, 5, 0], [6, 7, 0, 0]], np.int32)
+  segments = np.array([[1, 1, 2, 0], [1, 1, 0, 0]], np.int32)
+  for kwargs in ({}, {"causal": True},
+                 {"query_segments": segments, "key_segments": segments, "causal": True}):
+    ids = attention_mask(tokens, tokens, **kwargs)
+    dense = make_attention_mask(tokens, tokens, **kwargs)
+    np.testing.assert_array_equal(ids.dense(), dense)
+    assert not np.asarray(ids.dense())[:, :, :, 3].any()  # Padding keys: never visible.
+
+
+def _model_and_batch(attention_impl, **fields):
+  config = TransformerConfig.tiny(32).replace(attention_impl=attention_impl, **fields)
+  rng = np.random.RandomState(0)
+  src = rng.randint(3, 32, (4, 16)).astype(np.int32)
+  tgt = rng.randint(3, 32, (4, 8)).astype(np.int32)
+  src[1, 10:], tgt[1, 5:] = 0, 0  # Padding.
+  src_segments = np.where(src > 0, 1 + (np.arange(16) >= 8), 0).astype(np.int32)
+  tgt_segments = np.where(tgt > 0, 1 + (np.arange(8) >= 4), 0).astype(np.int32)
+  batch = dict(src=src, tgt_in=tgt, src_segments=src_segments, tgt_segments=tgt_segments)
+  return Transformer(config), batch
+
+
+def test_model_with_the_kernel_equals_the_xla_path_packed_batch_and_gradients():
+  model, batch = _model_and_batch("pallas")
+  reference, _ = _model_and_batch("xla")
+  params = reference.init(jax.random.key(0), batch["src"], batch["tgt_in"])["params"]
+
+  def loss(model, params):
+    logits = model.apply({"params": params}, batch["src"], batch["tgt_in"],
+                         src_segments=batch["src_segments"], tgt_segments=batch["tgt_segments"])
+    return jnp.sum(jax.nn.log_softmax(logits)[..., 5] * (batch["tgt_in"] > 0))
+
+  value, grads = jax.value_and_grad(loss, argnums=1)(model, params)
+  value_ref, grads_ref = jax.value_and_grad(loss, argnums=1)(reference, params)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), grads,
+               grads_ref)
+
+
+@pytest.mark.slow
+def test_jit_step_runs_the_kernel_per_device_and_equals_one_device():
+  """Under the jit step's mesh the kernel runs per device (shard_map): same update as 1 device."""
+  model, batch = _model_and_batch("pallas")
+  batch = {"src": batch["src"], "tgt_in": batch["tgt_in"],
+           "tgt_out": np.roll(batch["tgt_in"], -1, axis=1), **{
+               k: batch[k] for k in ("src_segments", "tgt_segments")}}
+  batch["src_positions"] = np.broadcast_to(np.arange(16), (4, 16)).astype(np.int32)
+  batch["tgt_positions"] = np.broadcast_to(np.arange(8), (4, 8)).astype(np.int32)
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:4]):
+    mesh = sharding.create_mesh(devices)
+    step, lowered = _jit_step(model, mesh, batch)
+    results.append(step)
+    if len(devices) > 1:  # The kernel gets local rows: no all-gather of activations.
+      assert "all-gather" not in lowered
+  np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+
+
+def _jit_step(model, mesh, batch):
+  """Loss and gradient norm of one jit step of `model` over `mesh`, and its compiled HLO."""
+  import optax  # pylint: disable=import-outside-toplevel
+  tx = optax.sgd(1.0)
+  state = steps.init_state(jax.random.key(0), model=model, tx=tx)
+  shardings = sharding.state_shardings(jax.eval_shape(lambda: state), mesh)
+  state = jax.device_put(state, shardings)
+  train_step, _ = steps.compile_steps("jit", model=model, mesh=mesh, state_shardings=shardings,
+                                      dropout_key=jax.random.key(1), label_smoothing=0.0,
+                                      schedule=lambda step: 1.0)
+  global_batch = sharding.global_batch(batch, mesh)
+  hlo = train_step.lower(state, global_batch).compile().as_text()
+  _, metrics = train_step(state, global_batch)
+  return np.array([float(metrics["train_loss"]), float(metrics["grad_norm"])]), hlo
+
+
+@needs_libtpu
+def test_kernel_compiles_for_tpu_and_the_compiler_sees_its_cost():
+  from transformer_jax import topology  # pylint: disable=import-outside-toplevel
+  device = topology.devices(topology.parse("v5e-8"))[0]
+  one = jax.sharding.SingleDeviceSharding(device)
+  spec = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
+  loss = lambda q, k, v, ids: jnp.sum(attention_kernel.fused_attention(
+      q, k, v, ids, ids, causal=True).astype(jnp.float32))
+  shape = (16, 128, 8, 64)
+  compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
+      spec(shape), spec(shape), spec(shape), spec(shape[:2], jnp.int32)).compile()
+  assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == 2
+  cost = aot._cost(compiled, 0.0)  # pylint: disable=protected-access  # Offsets corrected.
+  # Six [128, 128, 128] matmuls per head and row (head dim padded to the lanes), fwd + bwd.
+  assert cost.flops >= 6 * 2 * 16 * 8 * 128 * 128 * 128
+  assert 0 < cost.seconds < 0.01
