@@ -7,7 +7,7 @@ Sections, in this order (the checks first; each one guarded: an error is recorde
 and the next section runs; a section that would not fit in the time left is skipped):
 
   matmul_peak       best bf16 TFLOP/s of a big square matmul (MFU's measured ceiling)
-  attention         plain / XLA / cuDNN attention in bf16 agree with float32 (output, gradients)
+  attention         plain / XLA / cuDNN / Pallas (TPU) attention in bf16 agree with float32
   bf16_step         bf16 training steps of a small model stay finite and close to float32
   multi_device      the step over every device equals the one-device step (several devices)
   torch_peer        PyTorch, bf16 autocast + SDPA, at the training shapes (child process)
@@ -69,7 +69,8 @@ def parse_args(argv=None):
   p.add_argument("--budget_s", type=float, default=None,
                  help="Overall time budget in seconds (default 450; smoke 300).")
   p.add_argument("--sections", default="all", help="Comma-separated sections (default all).")
-  p.add_argument("--attention_impl", default="auto", choices=("auto", "xla", "cudnn", "plain"),
+  p.add_argument("--attention_impl", default="auto",
+                 choices=("auto", "xla", "cudnn", "plain", "pallas"),
                  help="Attention of the training sections and the bf16 check.")
   p.add_argument("--parallelism", default="jit",
                  help="How the training sections' step is written: jit or shard_map (the "

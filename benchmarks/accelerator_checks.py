@@ -6,8 +6,9 @@ device's facts and datasheet peak.
 
 The sections, what only an accelerator shows:
 
-- `attention`: the attention implementations (plain, XLA, cuDNN on NVIDIA GPUs) of
-  `MultiHeadAttention` in bfloat16 against a float32 reference, forward and parameter gradients.
+- `attention`: the attention implementations (plain, XLA, cuDNN on NVIDIA GPUs, the Pallas
+  kernel on TPUs) of `MultiHeadAttention` in bfloat16 against a float32 reference, forward and
+  parameter gradients.
 - `bf16_step`: a few bfloat16 training steps of a small model stay finite and close to float32.
 - `multi_device`: the training step over a mesh of every device equals the one-device step.
 
@@ -36,7 +37,7 @@ import optax
 from benchmarks import batches
 from benchmarks.workload import Training, aot_compile, build_training, model_shape
 from transformer_jax import TransformerConfig
-from transformer_jax.attention import MultiHeadAttention, make_attention_mask
+from transformer_jax.attention import MultiHeadAttention, attention_mask
 from transformer_jax.experiment_config import PARALLELISMS, OptimConfig
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' datasheets, keyed by a substring of
@@ -141,11 +142,12 @@ class Context:
 
   def training_attention_impl(self) -> tuple[str, str]:
     """`attention_impl` for the throughput sections, and why: as asked, except that "auto" becomes
-    "xla" once cuDNN failed in the attention check or "auto" in a training section, so that
-    the figures still come."""
-    cudnn = self.section("attention").get("cases", {}).get("cudnn", {})
-    if self.args.attention_impl == "auto" and cudnn.get("error"):
-      return "xla", "cuDNN attention failed in the attention check"
+    "xla" once cuDNN or the TPU kernel failed in the attention check or "auto" in a training
+    section, so that the figures still come."""
+    cases = self.section("attention").get("cases", {})
+    for impl, name in (("cudnn", "cuDNN attention"), ("pallas", "the Pallas TPU kernel")):
+      if self.args.attention_impl == "auto" and cases.get(impl, {}).get("error"):
+        return "xla", f"{name} failed in the attention check"
     if self.args.attention_impl == "auto" and self.attention_fallback:
       return "xla", self.attention_fallback
     return self.args.attention_impl, "as asked"
@@ -232,8 +234,8 @@ def _attention_inputs(case: str, batch: int, q_len: int, kv_len: int, d_model: i
   kv_tokens = np.ones((batch, kv_len), np.int32)
   for b in range(batch):
     kv_tokens[b, kv_len - b * kv_len // (2 * batch):] = 0
-  mask = make_attention_mask(jnp.asarray(q_tokens), jnp.asarray(kv_tokens),
-                             causal=case == "causal")
+  # Ids, which every implementation takes (the TPU kernel only these).
+  mask = attention_mask(jnp.asarray(q_tokens), jnp.asarray(kv_tokens), causal=case == "causal")
   cotangent = jnp.asarray(rng.standard_normal((batch, q_len, d_model)), jnp.float32)
   return x_q, x_kv, mask, cotangent
 
@@ -259,7 +261,9 @@ def attention_check(ctx: Context) -> dict:
   ref_config = TransformerConfig(vocab_size=8, d_model=d_model, num_heads=heads, d_ff=8,
                                  dropout_rate=0.0, dtype="float32", attention_impl="plain")
   impls = {"plain": None, "xla": None,
-           "cudnn": None if ctx.is_gpu else "cuDNN attention needs an NVIDIA GPU"}
+           "cudnn": None if ctx.is_gpu else "cuDNN attention needs an NVIDIA GPU",
+           "pallas": None if jax.default_backend() == "tpu" else
+                     "the Pallas kernel is for TPUs (tests/unit check it in the interpreter)"}
   results = {impl: ({"skipped": why} if why else {}) for impl, why in impls.items()}
   pairwise, params = {}, None
   for case in _CASES:

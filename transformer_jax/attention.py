@@ -4,7 +4,9 @@ Shape legend: B batch, S source (key) length, T target (query) length, L cached 
 N hypotheses per row, D d_model, H num_heads, K head_dim (d_k = d_v).
 
 Masks are boolean, `True` where attention is allowed, shaped `[B, 1, Tq, Tk]` (broadcast over
-heads). `MultiHeadAttention` takes the `TransformerConfig` as its one attribute.
+heads), or an `AttentionMask`: the same padding/packing/causal mask as per-token ids, which the
+model builds and the fused TPU kernel reads. `MultiHeadAttention` takes the `TransformerConfig`
+as its one attribute.
 """
 
 from __future__ import annotations
@@ -194,7 +196,9 @@ def _fused_per_device(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask: AttentionMask) -> A
 class MultiHeadAttention(nn.Module):
   """Multi-head attention: self, causal or cross, with an optional key/value cache.
 
-  `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask [B, 1, T, S])` returns `[B, T, D]`.
+  `__call__(inputs_q [B, T, D], inputs_kv [B, S, D], mask)` returns `[B, T, D]`; the mask is a
+  boolean `[B, 1, T, S]` or an `AttentionMask` (ids: the only form the TPU kernel takes; the
+  other paths make it dense).
   With `decode=True` the keys and values live in the "cache" collection, heads first, in the
   layout both attention matmuls read directly, so a decoding step copies nothing. Cross-attention
   (`cross=True`) projects the encoder output `[B, S, D]` once, on the initializing call, into

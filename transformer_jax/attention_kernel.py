@@ -1,7 +1,7 @@
 """Fused attention for TPUs: one Pallas kernel per pass, the whole key axis held in VMEM.
 
 XLA writes attention's float32 scores `[B, H, T, S]`, its softmax and their gradients to HBM:
-for translation-length rows (S <= 512) that traffic, not the matmuls, bounds a TPU training step
+for translation-length rows (S <= 256) that traffic, not the matmuls, bounds a TPU training step
 (docs/tpu.md). Here a grid cell takes a few batch rows with all their heads, computes scores,
 masked softmax and output in VMEM, and writes only the output; the backward pass recomputes
 the softmax from q and k (no saved probabilities or log-sum-exp) and writes dq, dk, dv. The key
@@ -29,7 +29,7 @@ from jax.experimental import pallas as pl
 
 Array = jax.Array
 
-MAX_LENGTH = 512   # Scores [rows, T, S] float32 of one head stay in VMEM: keep T, S modest.
+MAX_LENGTH = 256   # Beyond, big (16 heads) at 512 overflows a v4 core's 16 MiB of VMEM.
 LANES = 128        # TPU vector lane width: the head dimension is padded to it in the MXU.
 VMEM_BYTES = 12 * 2**20  # What one grid cell may use, under the compiler's 16 MiB scoped default.
 SCORE_COPIES = 8   # Float32 [T, S] temporaries alive at once in the backward pass (estimate).

@@ -64,7 +64,7 @@ class TransformerConfig:
     layer_norm_epsilon: Epsilon of every LayerNorm.
     attention_impl: "auto" (the Pallas kernel on TPUs, cuDNN's fused kernel on GPUs in half
       precision, "plain" on CPUs, XLA otherwise), "xla", "cudnn" (`jax.nn.dot_product_attention`),
-      "pallas" (attention_kernel.py: one fused TPU kernel per pass for lengths up to 512, XLA
+      "pallas" (attention_kernel.py: one fused TPU kernel per pass for lengths up to 256, XLA
       beyond; elsewhere it runs in the slow Pallas interpreter), or "plain" (explicit heads-first
       einsum/softmax; always used when attention dropout is active).
     scan_layers: Run each stack as one `nn.scan` over stacked layer parameters

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from transformer_jax import (Transformer, TransformerConfig, aot, attention_kernel, sharding,
@@ -57,7 +58,7 @@ def test_kernel_splits_the_batch_into_cells_and_keeps_bfloat16():
 
 def test_kernel_refuses_shapes_it_does_not_take_in_one_line():
   q, k, v, query_ids, key_ids = _inputs(length_q=12)
-  with pytest.raises(ValueError, match="multiples of 8 up to 512.*attention_impl='xla'"):
+  with pytest.raises(ValueError, match="multiples of 8 up to 256.*attention_impl='xla'"):
     attention_kernel.fused_attention(q, k, v, query_ids, key_ids)
 
 
@@ -103,26 +104,22 @@ def test_model_with_the_kernel_equals_the_xla_path_packed_batch_and_gradients():
 
 @pytest.mark.slow
 def test_jit_step_runs_the_kernel_per_device_and_equals_one_device():
-  """Under the jit step's mesh the kernel runs per device (shard_map): same update as 1 device."""
+  """The jit step traces under its mesh, so the kernel runs under shard_map on each device's rows:
+  the same loss and gradients as one device. (On TPU, without that, Mosaic refuses to be
+  partitioned: aot_test's jit compile for v5e-8 catches it.)"""
   model, batch = _model_and_batch("pallas")
   batch = {"src": batch["src"], "tgt_in": batch["tgt_in"],
            "tgt_out": np.roll(batch["tgt_in"], -1, axis=1), **{
                k: batch[k] for k in ("src_segments", "tgt_segments")}}
   batch["src_positions"] = np.broadcast_to(np.arange(16), (4, 16)).astype(np.int32)
   batch["tgt_positions"] = np.broadcast_to(np.arange(8), (4, 8)).astype(np.int32)
-  results = []
-  for devices in (jax.devices()[:1], jax.devices()[:4]):
-    mesh = sharding.create_mesh(devices)
-    step, lowered = _jit_step(model, mesh, batch)
-    results.append(step)
-    if len(devices) > 1:  # The kernel gets local rows: no all-gather of activations.
-      assert "all-gather" not in lowered
+  results = [_jit_step(model, sharding.create_mesh(devices), batch)
+             for devices in (jax.devices()[:1], jax.devices()[:4])]
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
 
 
 def _jit_step(model, mesh, batch):
-  """Loss and gradient norm of one jit step of `model` over `mesh`, and its compiled HLO."""
-  import optax  # pylint: disable=import-outside-toplevel
+  """Loss and gradient norm of one jit step of `model` over `mesh`."""
   tx = optax.sgd(1.0)
   state = steps.init_state(jax.random.key(0), model=model, tx=tx)
   shardings = sharding.state_shardings(jax.eval_shape(lambda: state), mesh)
@@ -130,10 +127,8 @@ def _jit_step(model, mesh, batch):
   train_step, _ = steps.compile_steps("jit", model=model, mesh=mesh, state_shardings=shardings,
                                       dropout_key=jax.random.key(1), label_smoothing=0.0,
                                       schedule=lambda step: 1.0)
-  global_batch = sharding.global_batch(batch, mesh)
-  hlo = train_step.lower(state, global_batch).compile().as_text()
-  _, metrics = train_step(state, global_batch)
-  return np.array([float(metrics["train_loss"]), float(metrics["grad_norm"])]), hlo
+  _, metrics = train_step(state, sharding.global_batch(batch, mesh))
+  return np.array([float(metrics["train_loss"]), float(metrics["grad_norm"])])
 
 
 @needs_libtpu

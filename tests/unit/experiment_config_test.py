@@ -119,7 +119,7 @@ def test_presets_are_defined_once_and_configs_use_them():
   tiny = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "tiny.py")))
   assert tiny.model == TransformerConfig.tiny(DataConfig.vocab_size)
   big = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "wmt14_big.py")))
-  assert big.model == TransformerConfig.big(DataConfig.vocab_size, scan_layers=True)
+  assert big.model == TransformerConfig.big(DataConfig.vocab_size)
   base = experiment_config.from_config_dict(_load(os.path.join(ROOT, "configs", "wmt14_base.py")))
   assert base.model == TransformerConfig.base(DataConfig.vocab_size)
   with pytest.raises(ValueError, match="No model preset 'huge'"):
