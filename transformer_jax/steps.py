@@ -244,8 +244,10 @@ def compile_steps(parallelism: Parallelism, *, model: Transformer, mesh: jax.sha
                                  param_specs=specs, chunk_tokens=chunk)
     eval_fn = functools.partial(shard_map_eval_step, model=model,
                                 label_smoothing=label_smoothing, mesh=mesh, param_specs=specs)
-  else:  # Global steps trace under their mesh: per-device pieces (the TPU attention kernel)
-    train_fn, eval_fn = under_mesh(train_fn, mesh), under_mesh(eval_fn, mesh)  # find it there.
+  else:
+    # Global steps trace under their mesh, where per-device pieces (the TPU attention kernel,
+    # which XLA cannot partition) find it to run under shard_map.
+    train_fn, eval_fn = under_mesh(train_fn, mesh), under_mesh(eval_fn, mesh)
   replicated, batch_sharding = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   p_train_step = jax.jit(train_fn, in_shardings=(state_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
