@@ -71,6 +71,11 @@ class AttentionMask:
     return mask
 
 
+def as_dense(mask: Array | AttentionMask | None) -> Array | None:
+  """A mask as the boolean `[B, 1, Tq, Tk]` array (an `AttentionMask` made dense)."""
+  return mask.dense() if isinstance(mask, AttentionMask) else mask
+
+
 PADDING_ID = jnp.iinfo(jnp.int32).min  # A padding key's id: no query's (segments are >= 0).
 
 
@@ -233,26 +238,23 @@ class MultiHeadAttention(nn.Module):
     out_proj = nn.DenseGeneral(cfg.d_model, axis=(-2, -1), kernel_init=dense_init,
                                dtype=cfg.compute_dtype, param_dtype=cfg.param_dtype, name="out")
     if decode:
-      if isinstance(mask, AttentionMask):
-        mask = mask.dense()
-      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, mask, decode_position, key,
-                                             value))
+      return out_proj(self._cached_attention(q_BxTxHxK, inputs_kv, as_dense(mask),
+                                             decode_position, key, value))
     k_BxSxHxK, v_BxSxHxK = key(inputs_kv), value(inputs_kv)
 
     rate = cfg.attention_dropout_rate
     implementation = cfg.resolved().attention_impl  # "auto": the default backend's choice.
-    dense_mask = mask.dense() if isinstance(mask, AttentionMask) else mask
     if implementation == "plain" or (rate > 0.0 and not deterministic):
       rng = self.make_rng("dropout") if rate > 0.0 and not deterministic else None
       out_BxTxHxK, probs_BxHxTxS = _plain_attention_and_probs(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK,
-                                                              dense_mask, rate, rng)
+                                                              as_dense(mask), rate, rng)
       self.sow("intermediates", "attention_weights", probs_BxHxTxS)  # No-op unless mutable.
     elif implementation == "pallas" and isinstance(mask, AttentionMask) and \
         attention_kernel.supports(q_BxTxHxK.shape[1], k_BxSxHxK.shape[1], K):
       out_BxTxHxK = _fused_per_device(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask)
     else:  # "pallas" falls back to XLA for a dense mask or shapes the kernel does not take.
       out_BxTxHxK = jax.nn.dot_product_attention(
-          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=fused_mask(dense_mask, q_BxTxHxK, k_BxSxHxK),
+          q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, mask=fused_mask(as_dense(mask), q_BxTxHxK, k_BxSxHxK),
           implementation="xla" if implementation == "pallas" else implementation)
     return out_proj(out_BxTxHxK)
 

@@ -130,7 +130,8 @@ def _cost(q, k, heads: int, matmuls: int, nbytes: int) -> pl.CostEstimate:
 
 
 def _call(kernel, inputs, outputs, cost, *, causal: bool, heads: int, interpret: bool):
-  """One pallas_call over cells of batch rows: ids `[B, T, 1]`, `[B, 1, S]`, the rest `[B, H*K, L]`."""
+  """One pallas_call over cells of batch rows (ids `[B, T, 1]`, `[B, 1, S]`, the rest
+  `[B, H * K, L]`)."""
   q, k = inputs[2], inputs[3]
   batch, width, length_q = q.shape
   rows = _rows_per_cell(list(inputs) + list(outputs), length_q, k.shape[2])
@@ -150,15 +151,20 @@ def _per_platform(kernel, inputs, outputs, cost, causal, heads):
   return jax.lax.platform_dependent(*inputs, tpu=run(False), default=run(True))
 
 
+def _id_blocks(query_ids, key_ids):
+  """Ids as `[B, T, 1]` and `[B, 1, S]`: blocks whose compare broadcasts to `[rows, T, S]`."""
+  return query_ids[:, :, None], key_ids[:, None, :]
+
+
 def _forward(q, k, v, query_ids, key_ids, causal, heads):
-  inputs = (query_ids[:, :, None], key_ids[:, None, :], q, k, v)
+  inputs = (*_id_blocks(query_ids, key_ids), q, k, v)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)
   cost = _cost(q, k, heads, matmuls=2, nbytes=_nbytes(*inputs, out))
   return _per_platform(_forward_kernel, inputs, [out], cost, causal, heads)[0]
 
 
 def _backward(q, k, v, query_ids, key_ids, d_out, causal, heads):
-  inputs = (query_ids[:, :, None], key_ids[:, None, :], q, k, v, d_out)
+  inputs = (*_id_blocks(query_ids, key_ids), q, k, v, d_out)
   outputs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
   cost = _cost(q, k, heads, matmuls=4, nbytes=_nbytes(*inputs, *outputs))
   return _per_platform(_backward_kernel, inputs, outputs, cost, causal, heads)

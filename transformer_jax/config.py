@@ -170,8 +170,8 @@ class TransformerConfig:
       half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
       # CPU: the heads-first plain path is 1.04-1.07x faster (docs/performance.md).
       # TPU: the fused kernel keeps scores in VMEM (docs/tpu.md: 1.2-1.34x faster steps).
-      impl = {"cpu": "plain", "gpu": "cudnn" if half else "xla", "tpu": "pallas"}.get(platform,
-                                                                                     "xla")
+      choices = {"cpu": "plain", "gpu": "cudnn" if half else "xla", "tpu": "pallas"}
+      impl = choices.get(platform, "xla")
     return self.replace(dtype=dtype, attention_impl=impl)
 
   @property
