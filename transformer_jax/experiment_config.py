@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
+import os
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -19,6 +21,8 @@ from typing import Any, Literal
 import ml_collections
 
 from transformer_jax.config import TransformerConfig, check_choices, choices, require_int
+
+log = logging.getLogger(__name__)
 
 # Fixed by the tokenizer at training time, not by the config.
 TOKENIZER_FIELDS = ("vocab_size", "pad_id", "bos_id", "eos_id")
@@ -74,8 +78,13 @@ class DataConfig:
     batch_size: Global rows per training batch (>= 1; divisible by the device count).
     seq_len: Tokens per training row L (>= max_len); ~96% are real tokens when packing.
     packing: First-fit pack several pairs per row (else one pair per row).
-    packing_bins: First-fit bins open at once (0 = max(rows per batch, 256)).
-    prefetch: Training batches prepared ahead in a background thread (0 = none).
+    packing_window: Consecutive examples (of the shuffled epoch) first-fit packed together
+      (0 = auto: max(2048, 4 x rows x seq_len / 32), about 4 batches); larger packs a little
+      denser, each worker then holds more rows.
+    num_workers: Worker processes that pack and assemble batches (-1 = auto: 0 when training on
+      CPU, where the cores run the step, else min(cores - 1, 8)); the batches do not depend on
+      it, so a run may resume with another value.
+    prefetch: Packing windows prepared ahead, in a background thread or per worker (0 = none).
     eval_batch_size: Global rows per eval batch (>= 1; divisible by the process count).
     num_eval_examples: Use the first N eval pairs (-1 = all).
     process_sharding: "shard": each process reads its own examples; "rows": every process
@@ -104,7 +113,8 @@ class DataConfig:
   batch_size: int = 384
   seq_len: int = 64
   packing: bool = True
-  packing_bins: int = 0
+  packing_window: int = 0
+  num_workers: int = -1
   prefetch: int = 2
   eval_batch_size: int = 64
   num_eval_examples: int = -1
@@ -118,10 +128,13 @@ class DataConfig:
     for name in ("vocab_size", "tokenizer_max_sentences", "batch_size", "seq_len",
                  "eval_batch_size", "synthetic_train_size", "synthetic_eval_size"):
       _check(getattr(self, name) >= 1, f"data.{name}", getattr(self, name), "must be >= 1")
-    for name in ("eval_max_len", "packing_bins", "prefetch", "synthetic_seed"):
+    for name in ("eval_max_len", "packing_window", "prefetch", "synthetic_seed"):
       _check(getattr(self, name) >= 0, f"data.{name}", getattr(self, name), "must be >= 0")
     _check(self.num_eval_examples >= -1, "data.num_eval_examples", self.num_eval_examples,
            "must be >= 0, or -1 for all")
+    _check(-1 <= self.num_workers <= 256, "data.num_workers", self.num_workers,
+           "must be in [0, 256] worker processes, or -1 for auto (0 on CPU, else one per spare "
+           "core, at most 8)")
     _check(self.max_len >= 2, "data.max_len", self.max_len,
            "must be >= 2 (a token and the EOS)")
     _check(self.max_len <= self.seq_len, "data.max_len", self.max_len,
@@ -136,6 +149,14 @@ class DataConfig:
   @property
   def is_synthetic(self) -> bool:
     return not self.data_dir and self.dataset == "synthetic"
+
+  def workers_for(self, platform: str, cpu_count: int | None = None) -> int:
+    """`num_workers` made concrete for a step on `platform` ("cpu", "gpu", "tpu")."""
+    if self.num_workers >= 0:
+      return self.num_workers
+    if platform == "cpu":
+      return 0
+    return max(0, min((cpu_count or os.cpu_count() or 1) - 1, 8))
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> DataConfig:
@@ -327,6 +348,10 @@ def _fields(cls: type, prefix: str) -> list[str]:
   return [n for n in names if not (prefix == "model" and n in TOKENIZER_FIELDS)]
 
 
+# Settings that earlier versions saved in workdirs: read and ignored, with the reason.
+RETIRED_KEYS = {"data.packing_bins": "packing is first-fit over data.packing_window examples"}
+
+
 def _build(cls: type, values: Any, prefix: str):
   """`cls(**values)` after checking every key and type; its `__post_init__` checks ranges."""
   where = lambda key: f"{prefix}.{key}" if prefix else key
@@ -341,6 +366,10 @@ def _build(cls: type, values: Any, prefix: str):
       raise ConfigError(f"config.model.{key} is set by the tokenizer, not the config"
                         + ("; set config.data.vocab_size instead." if key == "vocab_size"
                            else "."))
+    if where(key) in RETIRED_KEYS:  # Saved by an earlier version (an old workdir's config).
+      log.warning("config.%s is no longer a setting (%s); ignored.", where(key),
+               RETIRED_KEYS[where(key)])
+      continue
     if key not in known:
       raise ConfigError(f"config.{where(key)} is not a setting{suggest(where(key))}.")
     if key in ("model", "data", "optim") and cls is ExperimentConfig:

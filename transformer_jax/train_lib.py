@@ -76,9 +76,13 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
         workdir, fingerprints, resuming=resuming, allow_change=allow_corpus_change,
         write=jax.process_index() == 0))
 
+  num_workers = config.data.workers_for(jax.devices()[0].platform)
   data = data_lib.create_datasets(config.data, workdir, seed=config.seed,
                                   process_index=jax.process_index(),
-                                  process_count=jax.process_count(), check_corpus=check_corpus)
+                                  process_count=jax.process_count(), num_workers=num_workers,
+                                  check_corpus=check_corpus)
+  log.info("Training batches: %s.", f"{num_workers} worker processes" if num_workers
+           else "made in this process")
   tok = data.tokenizer
   mesh = sharding.create_mesh()
   model_config = config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,
@@ -174,10 +178,14 @@ def _loop(run: Run) -> dict[str, Any]:
   c = run.config
   metrics_log = _MetricsLog(run.writer, run.checkpointer.directory, run.start_step)
   progress = _Progress(run.start_step, c.num_train_steps, enabled=run.is_main)
+  input_bound = _InputBoundWarning(run.data.num_workers, enabled=run.is_main)
   final, step, stop = {}, run.start_step, False
   with _Preemption() as preemption, progress:
     for step in range(run.start_step + 1, c.num_train_steps + 1):
-      batch = sharding.global_batch(next(run.data.train_iter), run.mesh)
+      waited = time.perf_counter()
+      local_batch = next(run.data.train_iter)
+      metrics_log.add_input_wait(time.perf_counter() - waited)
+      batch = sharding.global_batch(local_batch, run.mesh)
       run.state, metrics = run.train_step(run.state, batch)
       run.checkpointer.check_for_errors()  # A failed background save stops the run now.
       metrics_log.add(step, metrics)
@@ -188,6 +196,7 @@ def _loop(run: Run) -> dict[str, Any]:
       if step % c.log_every_steps == 0 or is_last or stop:
         final.update(metrics_log.flush(step))
         progress.complete(final)
+        input_bound.check(step, final["input_wait"])
       if c.eval_every_steps and (step % c.eval_every_steps == 0 or is_last):
         final.update(_evaluate(run, step))
         metrics_log.restart_clock()  # Evaluation time is not training throughput.
@@ -328,7 +337,11 @@ class _MetricsLog:
     self.restart_clock()
 
   def restart_clock(self) -> None:
-    self._tokens, self._t0 = 0.0, time.perf_counter()
+    self._tokens, self._input_wait, self._t0 = 0.0, 0.0, time.perf_counter()
+
+  def add_input_wait(self, seconds: float) -> None:
+    """Time the loop blocked on the next batch (its share of wall time is `input_wait`)."""
+    self._input_wait += seconds
 
   def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
     self._pending.append({"step": step, **metrics})
@@ -359,7 +372,9 @@ class _MetricsLog:
     self._tokens += sum(float(m["num_tokens"]) for m in fetched)
     record = {k: float(v) for k, v in fetched[-1].items() if k != "step"}
     record["train_loss"] = float(np.mean([m["train_loss"] for m in fetched]))
-    record["tokens_per_sec"] = self._tokens / max(time.perf_counter() - self._t0, 1e-9)
+    elapsed = max(time.perf_counter() - self._t0, 1e-9)
+    record["tokens_per_sec"] = self._tokens / elapsed
+    record["input_wait"] = min(self._input_wait / elapsed, 1.0)
     self._writer.write(step, record)
     self.restart_clock()
     return record
@@ -400,7 +415,27 @@ class _Progress:
     self._bar.update(len(self._running))
     self._running.clear()
     self._bar.set_postfix(loss=f"{record['train_loss']:.3f}", lr=f"{record['learning_rate']:.2e}",
-                          tok_s=f"{record['tokens_per_sec']:.0f}")
+                          tok_s=f"{record['tokens_per_sec']:.0f}",
+                          wait=f"{record['input_wait']:.0%}")
+
+
+class _InputBoundWarning:
+  """One warning line when the loop waits for input more than 10% of a log interval's wall
+  time (not counting the first interval, which includes starting the workers)."""
+
+  THRESHOLD = 0.10
+
+  def __init__(self, num_workers: int, enabled: bool):
+    self._num_workers, self._enabled = num_workers, enabled
+    self._intervals, self._warned = 0, False
+
+  def check(self, step: int, input_wait: float) -> None:
+    self._intervals += 1
+    if self._enabled and not self._warned and self._intervals > 1 and (
+        input_wait > self.THRESHOLD):
+      self._warned = True
+      log.warning("input-bound: the loop waited for batches %.0f%% of the time up to step %d; "
+                  "raise data.num_workers (now %d).", 100 * input_wait, step, self._num_workers)
 
 
 class _Preemption:

@@ -22,7 +22,7 @@ def data_config(**overrides):
   """Every setting these tests rely on, so that none comes from DataConfig's (WMT14) defaults."""
   c = dict(dataset="", data_dir="", source_lang="en", target_lang="de", train_split="train",
            eval_split="val", vocab_size=200, tokenizer_type="bpe", max_len=32, eval_max_len=0,
-           batch_size=8, seq_len=32, packing=True, packing_bins=0, prefetch=2,
+           batch_size=8, seq_len=32, packing=True, packing_window=0, num_workers=-1, prefetch=2,
            eval_batch_size=4, num_eval_examples=-1, process_sharding="shard")
   c.update(overrides)
   return c

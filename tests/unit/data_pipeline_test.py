@@ -88,7 +88,7 @@ def test_batch_format(tokens):
 def test_one_epoch_has_every_example_exactly_once(tokens, packing):
   keep = filter_pairs(tokens, 24)
   it = make_train_iterator(tokens, keep, bos_id=BOS, eos_id=EOS, batch_size=8, seq_len=24,
-                           packing=packing, num_epochs=1, packing_bins=8)
+                           packing=packing, num_epochs=1, window=64)
   seen = collections.Counter(ex for batch in it for ex in batch_examples(batch))
   assert seen == expected_examples(tokens, keep)
 

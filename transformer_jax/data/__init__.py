@@ -3,7 +3,7 @@
 The training code calls `create_datasets(config.data, workdir, seed=..., process_index=...,
 process_count=...)`; the parts are exported for other uses (translation, benchmarks, tests).
 Each name is imported from its module on first use, so that importing one light module (say
-`transformer_jax.data.tokenizer`, as translate.py does) does not import grain and datasets.
+`transformer_jax.data.tokenizer`, as translate.py does) does not import datasets (or JAX, in a data worker process).
 """
 
 import importlib
@@ -16,6 +16,7 @@ _EXPORTS = {
     "transformer_jax.data.pipeline": (
         "BATCH_KEYS", "TokenizedSplit", "TrainIterator", "filter_pairs", "make_eval_batches",
         "make_example", "make_train_iterator", "tokenize_split"),
+    "transformer_jax.data.workers": ("DataWorkerError",),
     "transformer_jax.data.synthetic": ("synthetic_pairs", "synthetic_splits"),
     "transformer_jax.data.marian_tokenizer": ("MarianTokenizer",),
     "transformer_jax.data.tokenizer": ("Tokenizer",),

@@ -29,6 +29,7 @@ class DataBundle:
     train_iter: Infinite per-process training batches with get_state() / set_state().
     eval_sources: Raw source text of the eval examples, in eval order.
     eval_references: Raw target text of the same examples.
+    num_workers: Worker processes making the training batches (0 = this process).
   """
   tokenizer: Tokenizer
   train_iter: pipeline.TrainIterator
@@ -37,13 +38,14 @@ class DataBundle:
   _eval_tokens: pipeline.TokenizedSplit
   _eval_indices: np.ndarray
   _eval_kwargs: dict[str, Any]
+  num_workers: int = 0  # Worker processes making the training batches.
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """A fresh pass over the eval split: every example once, in order, fixed-shape batches."""
     return pipeline.make_eval_batches(self._eval_tokens, self._eval_indices, **self._eval_kwargs)
 
   def close(self) -> None:
-    """Stops the training iterator's prefetch thread; idempotent."""
+    """Stops the training iterator's workers and prefetch thread; idempotent."""
     self.train_iter.close()
 
 
@@ -63,7 +65,7 @@ def load_split(config: DataConfig, split: str):
 
 def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | os.PathLike, *,
                     seed: int, process_index: int = 0, process_count: int = 1,
-                    check_corpus: Callable[[dict[str, str]], None] | None = None) -> DataBundle:
+                    num_workers: int = 0, check_corpus: Callable[[dict[str, str]], None] | None = None) -> DataBundle:
   """Loads the corpus, trains (or reuses) the tokenizer, and builds the batch pipelines.
 
   Args:
@@ -71,6 +73,8 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
     workdir: Holds tokenizer.model and the token-id cache (data_cache/).
     seed: Shuffling seed.
     process_index, process_count: This process of a multi-process run.
+    num_workers: Worker processes for training batches (the resolved `data.num_workers`:
+      `DataConfig.workers_for(platform)`).
     check_corpus: Called with the fingerprints of the training corpus and the tokenizer
       (`{"train_corpus": ..., "tokenizer": ...}`) before anything is tokenized or cached; it may
       raise to refuse them (training checks that a resumed workdir keeps its corpus).
@@ -97,7 +101,8 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
       train_tokens, train_keep, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
       batch_size=c.batch_size, seq_len=c.seq_len, packing=c.packing, seed=seed,
       process_index=process_index, process_count=process_count,
-      process_sharding=c.process_sharding, packing_bins=c.packing_bins, prefetch=c.prefetch)
+      process_sharding=c.process_sharding, window=c.packing_window, prefetch=c.prefetch,
+      num_workers=num_workers)
 
   eval_tokens = pipeline.tokenize_split(eval_, tokenizer, cache_dir, name=f"{c.eval_split}")
   eval_keep = pipeline.filter_pairs(eval_tokens, c.eval_max_len or None,
@@ -110,7 +115,7 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
                      seq_len=pipeline.eval_length(eval_tokens, eval_keep),
                      process_index=process_index, process_count=process_count)
   return DataBundle(tokenizer, train_iter, sources, references, eval_tokens, eval_keep,
-                    eval_kwargs)
+                    eval_kwargs, num_workers)
 
 
 def _load_corpus(c: DataConfig):

@@ -1,5 +1,5 @@
-"""Token ids (cached), filtering, and batches: packed, seeded, resumable training batches through
-grain, and in-order evaluation batches.
+"""Token ids (cached), filtering, and batches: packed, seeded, resumable training batches, and
+in-order evaluation batches.
 
 A batch is a dict of int32 numpy arrays, all `[B, L]`:
   src            source ids followed by EOS; 0 = padding
@@ -11,127 +11,27 @@ A batch is a dict of int32 numpy arrays, all `[B, L]`:
   tgt_positions
 A pair's source and target go into the same row with the same segment number, so the model's
 segment masks keep every example to itself. Evaluation batches hold one example per row
-(segments 1, positions 0..n-1) and empty rows at the end of the last batch.
+(segments 1, positions 0..n-1) and empty rows at the end of the last batch. Training batches are
+cut from packed windows (`packing.py`), made in this process or by worker processes
+(`workers.py`; the batches are the same either way).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import logging
-import os
-import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator
 
-import grain
 import numpy as np
 
-from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.data.packing import BATCH_KEYS, WindowPlanner
+from transformer_jax.data.token_cache import TokenizedSplit, encode_texts, tokenize_split
+from transformer_jax.data.train_iterator import TrainIterator, _WindowSource
 
 log = logging.getLogger(__name__)
 
-BATCH_KEYS = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions",
-              "tgt_positions")
-_CACHE_VERSION = "1"  # Bump when the cached token format changes.
-_STATE_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- token ids
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizedSplit:
-  """Token ids of a corpus split, flat: example i's source is `src_values[src_offsets[i]:
-  src_offsets[i + 1]]` (no BOS/EOS); the same for the target."""
-  src_values: np.ndarray
-  src_offsets: np.ndarray
-  tgt_values: np.ndarray
-  tgt_offsets: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.src_offsets) - 1
-
-  def src(self, i: int) -> np.ndarray:
-    return self.src_values[self.src_offsets[i]:self.src_offsets[i + 1]]
-
-  def tgt(self, i: int) -> np.ndarray:
-    return self.tgt_values[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
-
-  @property
-  def src_lengths(self) -> np.ndarray:
-    return np.diff(self.src_offsets)
-
-  @property
-  def tgt_lengths(self) -> np.ndarray:
-    return np.diff(self.tgt_offsets)
-
-
-def tokenize_split(corpus, tokenizer: Tokenizer, cache_dir: str | None,
-                   name: str = "split") -> TokenizedSplit:
-  """Token ids of every pair (empty pairs stay, as empty id lists), cached on disk.
-
-  Tokenization runs through `datasets.Dataset.map(batched=True)` into the Arrow file
-  `cache_dir/tokens-{name}-{key}.arrow`, keyed on the dataset's fingerprint (a content hash for
-  `corpus.pairs_to_dataset`, the hub's own otherwise) and the tokenizer model, so a restart loads
-  ids instead of recomputing them.
-
-  Args:
-    corpus: A `datasets.Dataset` with string columns `source` and `target`
-      (`corpus.pairs_to_dataset` makes one from a list of pairs).
-    tokenizer: The shared tokenizer.
-    cache_dir: Directory of the cache file; None = no cache (in memory).
-    name: Names the cache file and log lines (e.g. "train").
-
-  Raises:
-    TypeError: `corpus` is not such a dataset.
-  """
-  import datasets  # pylint: disable=g-import-not-at-top
-  if not (isinstance(corpus, datasets.Dataset) and
-          {"source", "target"} <= set(corpus.column_names)):
-    raise TypeError(f"tokenize_split takes a datasets.Dataset with columns 'source' and "
-                    f"'target', not {type(corpus).__name__}; convert a list of pairs with "
-                    "transformer_jax.data.corpus.pairs_to_dataset(pairs).")
-  fingerprint = corpus._fingerprint  # pylint: disable=protected-access
-  key = hashlib.sha1(f"{_CACHE_VERSION}|{fingerprint}|{tokenizer.fingerprint}"
-                     .encode()).hexdigest()[:16]
-  cache_file = None
-  if cache_dir:
-    os.makedirs(cache_dir, exist_ok=True)
-    cache_file = os.path.join(cache_dir, f"tokens-{name}-{key}.arrow")
-    cached = os.path.exists(cache_file)
-    log.info("%s: %s token ids %s %s.", name, "loading" if cached else "computing and caching",
-             "from" if cached else "in", cache_file)
-
-  def encode(batch):
-    return {"src": _encode_texts(tokenizer, batch["source"]),
-            "tgt": _encode_texts(tokenizer, batch["target"], target=True)}
-
-  features = datasets.Features({"src": datasets.Sequence(datasets.Value("int32")),
-                                "tgt": datasets.Sequence(datasets.Value("int32"))})
-  tokens = corpus.map(encode, batched=True, batch_size=10_000,
-                      remove_columns=corpus.column_names, features=features,
-                      cache_file_name=cache_file, load_from_cache_file=True,
-                      keep_in_memory=cache_file is None, new_fingerprint=key,
-                      desc=f"Tokenizing {name}")
-  src_values, src_offsets = _flat_list_column(tokens.data.column("src"))
-  tgt_values, tgt_offsets = _flat_list_column(tokens.data.column("tgt"))
-  return TokenizedSplit(src_values, src_offsets, tgt_values, tgt_offsets)
-
-
-def _encode_texts(tokenizer: Tokenizer, texts: Sequence[str | None], *,
-                  target: bool = False) -> list[list[int]]:
-  texts = [(t or "").strip() for t in texts]
-  ids = tokenizer.encode_batch(texts, target=target)
-  return [x if t else [] for t, x in zip(texts, ids)]
-
-
-def _flat_list_column(column) -> tuple[np.ndarray, np.ndarray]:
-  """(values, offsets) of an Arrow list<int32> column, without copying when possible."""
-  array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-  offsets = array.offsets.to_numpy().astype(np.int64)
-  values = array.values.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
-  return values, offsets
+__all__ = ["BATCH_KEYS", "TokenizedSplit", "TrainIterator", "encode_texts", "eval_length",
+           "filter_pairs", "make_eval_batches", "make_example", "make_train_iterator",
+           "packing_window", "rows_per_process", "tokenize_split"]
 
 
 def filter_pairs(tokens: TokenizedSplit, max_len: int | None, name: str = "split") -> np.ndarray:
@@ -171,108 +71,23 @@ def make_example(src_ids: np.ndarray, tgt_ids: np.ndarray, bos_id: int,
           "tgt_out": np.concatenate([tgt_ids, eos])}
 
 
-class PairSource(Sequence):
-  """Random access to the examples `indices` of a `TokenizedSplit` (a grain data source)."""
-
-  def __init__(self, tokens: TokenizedSplit, indices: np.ndarray, bos_id: int, eos_id: int):
-    self._tokens, self._indices = tokens, np.asarray(indices, np.int64)
-    self._bos_id, self._eos_id = bos_id, eos_id
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, i):
-    j = self._indices[i]
-    return make_example(self._tokens.src(j), self._tokens.tgt(j), self._bos_id, self._eos_id)
-
-
-# ----------------------------------------------------------------------------- training batches
-
-
-class TrainIterator:
-  """Infinite per-process training batches whose position can be saved and restored.
-
-  `get_state()` is a JSON-serializable dict; `set_state(state)` on an iterator built from the
-  same corpus and settings continues with exactly the batch that followed the saved state.
-  The owner stops the prefetch thread with `close()`, or uses the iterator as a context manager
-  (`with make_train_iterator(...) as it:`); one that is never closed is closed when it is
-  collected, or at exit.
-  """
-
-  def __init__(self, dataset: grain.IterDataset, rows: slice, signature: dict[str, Any]):
-    self._pipeline = _OpenPipeline(iter(dataset))
-    self._rows = rows
-    self._signature = signature
-    # Per instance, not a registry of ours: weakref.finalize calls `release` when this object is
-    # collected or, if it is still alive then, at exit while grain's modules still exist (grain's
-    # own __del__ would close it later, during module teardown, printing "Exception ignored").
-    # The callback holds the pipeline, not `self`, so it does not keep this iterator alive.
-    self._finalizer = weakref.finalize(self, self._pipeline.release)
-
-  def __iter__(self) -> TrainIterator:
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch = next(self._pipeline.iterator())
-    return {k: batch[k][self._rows] for k in BATCH_KEYS}
-
-  def __enter__(self) -> TrainIterator:
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    self.close()
-
-  def close(self) -> None:
-    """Stops the prefetch thread and frees the pipeline; idempotent.
-
-    Using the iterator afterwards (next, get_state, set_state) raises ValueError.
-    """
-    self._finalizer()
-
-  def get_state(self) -> dict[str, Any]:
-    return {"version": _STATE_VERSION, "pipeline": dict(self._signature),
-            "grain": self._pipeline.iterator().get_state()}
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    if not isinstance(state, dict) or "grain" not in state:
-      raise ValueError(f"Not a data-iterator state (expected a dict with 'grain'): {state!r:.200}.")
-    saved = state.get("pipeline", {})
-    changed = {k: (saved.get(k), v) for k, v in self._signature.items() if saved.get(k) != v}
-    if changed:
-      log.warning("Resuming the data iterator with changed settings %s (saved, now): the batch "
-                  "order differs from an uninterrupted run.", changed)
-    iterator = self._pipeline.iterator()
-    try:
-      iterator.set_state(state["grain"])
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-      raise ValueError(f"The saved data-iterator state does not fit this pipeline ({e!r}); the "
-                       f"settings changed: {changed}. Restore them, or start a new workdir.") from e
-
-
-class _OpenPipeline:
-  """A TrainIterator's grain iterator, until `release` closes and drops it."""
-
-  def __init__(self, iterator: grain.DatasetIterator):
-    self._iterator = iterator
-
-  def iterator(self) -> grain.DatasetIterator:
-    if self._iterator is None:
-      raise ValueError("The training iterator is closed.")
-    return self._iterator
-
-  def release(self) -> None:
-    # Dropped, not only closed: grain's prefetch iterator closes itself again in __del__, which
-    # must happen now rather than during interpreter teardown.
-    iterator, self._iterator = self._iterator, None
-    if iterator is not None:
-      iterator.close()
+def packing_window(rows: int, seq_len: int, packing: bool, window: int = 0) -> int:
+  """Examples packed together: `window`, or (0) enough for ~4 batches of `rows` x `seq_len` at a
+  typical 4 examples per 128 tokens, and at least 2,048 (denser: the last rows of a window are
+  part-filled)."""
+  if window:
+    return window
+  if not packing:
+    return rows
+  return max(2048, 4 * rows * max(1, seq_len // 32))
 
 
 def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: int, eos_id: int,
                         batch_size: int, seq_len: int, packing: bool = True, seed: int = 0,
                         process_index: int = 0, process_count: int = 1,
-                        process_sharding: str = "shard", packing_bins: int = 0,
-                        num_epochs: int | None = None, prefetch: int = 2) -> TrainIterator:
+                        process_sharding: str = "shard", window: int = 0,
+                        num_epochs: int | None = None, prefetch: int = 2,
+                        num_workers: int = 0) -> TrainIterator:
   """Shuffled (reseeded every epoch), infinitely repeated, packed or padded batches.
 
   Args:
@@ -281,53 +96,53 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
     batch_size: Global rows per batch; each process gets batch_size / process_count rows.
     seq_len: Row length L; every example must fit (`filter_pairs` with max_len <= seq_len).
     packing: First-fit pack several examples per row (else one example per row).
-    seed: Shuffle and bin-shuffle seed.
+    seed: Shuffle seed.
     process_index, process_count: This process and how many share the batch.
     process_sharding: "shard": each process reads a disjoint 1/P of the examples;
       "rows": every process builds the same global batch and keeps rows
       [i * B / P, (i + 1) * B / P), so the global batch is the same for any P (the choice is
       validated by `DataConfig`; anything but "rows" shards).
-    packing_bins: First-fit bins open at once (0 = max(per-pipeline rows, 256)); more bins
-      pack tighter.
+    window: Consecutive examples first-fit packed together (0 = `packing_window`'s choice).
     num_epochs: None = repeat forever (training); N = stop after N epochs, the last batch
       completed with empty rows (for tests and benchmarks).
-    prefetch: Batches prepared ahead in a background thread while the model trains (0 = off);
-      the saved state still points just after the last batch handed out.
+    prefetch: Windows prepared ahead (0 = none), by a background thread, or per worker.
+    num_workers: Worker processes that pack and assemble windows (0 = this process).
+
+  Raises:
+    ValueError: an example longer than `seq_len`, a bad batch size or worker count, or no
+      examples for this process.
   """
   local_rows = rows_per_process(batch_size, process_index, process_count, "data.batch_size")
-  by_rows = process_sharding == "rows"
-  longest = int(max(tokens.src_lengths[indices].max(), tokens.tgt_lengths[indices].max())) + 1
+  if num_workers < 0 or prefetch < 0 or window < 0:
+    raise ValueError(f"num_workers={num_workers}, prefetch={prefetch} and window={window} must "
+                     "be >= 0.")
+  indices = np.asarray(indices, np.int64)
+  src_lengths = tokens.src_lengths[indices] + 1  # With EOS.
+  tgt_lengths = tokens.tgt_lengths[indices] + 1  # With BOS.
+  longest = int(max(src_lengths.max(initial=0), tgt_lengths.max(initial=0)))
   if longest > seq_len:
     raise ValueError(f"An example has {longest} tokens (with EOS/BOS) but rows hold data.seq_len="
                      f"{seq_len}; set data.max_len <= data.seq_len.")
-  ds = grain.MapDataset.source(PairSource(tokens, indices, bos_id, eos_id))
+  by_rows = process_sharding == "rows"
   if not by_rows and process_count > 1:
-    ds = ds[process_index::process_count]
-    if len(ds) == 0:
-      raise ValueError(f"Process {process_index} of {process_count} got no training examples "
-                       f"({len(indices)} in all); use process_sharding='rows' for tiny corpora.")
+    part = slice(process_index, None, process_count)
+    indices, src_lengths, tgt_lengths = indices[part], src_lengths[part], tgt_lengths[part]
+  if not len(indices):
+    raise ValueError(f"Process {process_index} of {process_count} got no training examples; "
+                     "use process_sharding='rows' for tiny corpora.")
   pipeline_rows = batch_size if by_rows else local_rows
-  ds = ds.shuffle(seed=seed).repeat(num_epochs)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  if packing:
-    lengths = {"src": seq_len, "tgt_in": seq_len, "tgt_out": seq_len}
-    it = grain.experimental.FirstFitPackIterDataset(
-        it, length_struct=lengths, num_packing_bins=packing_bins or max(pipeline_rows, 256),
-        seed=seed, shuffle_bins=True)
-    it = it.map(_rename_packed)
-  else:
-    it = it.map(lambda ex: _pad_example(ex, seq_len))
-  it = it.batch(pipeline_rows, drop_remainder=num_epochs is None)
-  if num_epochs is not None:
-    it = it.map(lambda batch: _pad_rows(batch, pipeline_rows))
-  if prefetch:
-    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+  window = packing_window(pipeline_rows, seq_len, packing, window)
+  planner = WindowPlanner(indices, src_lengths, tgt_lengths, window=window, seed=seed)
+  source = _WindowSource(planner, tokens, seq_len=seq_len, bos_id=bos_id, eos_id=eos_id,
+                         packing_on=packing, num_epochs=num_epochs, num_workers=num_workers,
+                         prefetch=prefetch)
   rows = (slice(process_index * local_rows, (process_index + 1) * local_rows) if by_rows
           else slice(None))
   signature = {"num_examples": int(len(indices)), "batch_size": batch_size, "seq_len": seq_len,
-               "packing": bool(packing), "seed": seed, "process_count": process_count,
-               "process_sharding": process_sharding}
-  return TrainIterator(it, rows, signature)
+               "packing": bool(packing), "window": window, "seed": seed,
+               "process_count": process_count, "process_sharding": process_sharding}
+  return TrainIterator(planner, source, batch_rows=pipeline_rows, rows=rows,
+                       num_epochs=num_epochs, signature=signature)
 
 
 def rows_per_process(batch_size: int, process_index: int, process_count: int,
@@ -345,17 +160,6 @@ def rows_per_process(batch_size: int, process_index: int, process_count: int,
     raise ValueError(f"{key}={batch_size} must be a positive multiple of the process count "
                      f"{process_count}: each process feeds batch_size / process_count rows.")
   return batch_size // process_count
-
-
-def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {"src": row["src"], "tgt_in": row["tgt_in"], "tgt_out": row["tgt_out"],
-          "src_segments": row["src_segment_ids"], "tgt_segments": row["tgt_in_segment_ids"],
-          "src_positions": row["src_positions"], "tgt_positions": row["tgt_in_positions"]}
-
-
-def _pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-  """Completes a short final batch with empty rows."""
-  return {k: np.pad(v, ((0, rows - len(v)), (0, 0))) for k, v in batch.items()}
 
 
 def _pad_example(example: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
