@@ -7,8 +7,8 @@ each TPU slice and GPU consumes.
 1. Writes a synthetic parallel corpus with WMT14-like lengths (once per size, in --work):
    source sentences of round(lognormal(ln 26 - 0.18, 0.6)) words (mean ~26, clipped to
    [1, 250]), targets of round(source x lognormal(0, 0.15)) words, words drawn Zipf-like
-   (p ~ 1 / (rank + 10)) from 4,000 per language, so that each word is one BPE piece of the
-   8,000-piece tokenizer trained on it. Files train.en / train.de, read by the loading code
+   (p ~ 1 / (rank + 10)) from 1,000 per language, so that each word is one BPE piece of the
+   tokenizer (37,000 pieces requested, WMT14's) trained on a 100k-pair sample. Files train.en / train.de, read by the loading code
    training uses (`data.bundle.load_split`, `tokenize_split`, `filter_pairs`).
 2. Tokenizes it (timed on the first run: pairs/s).
 3. For each corpus size, batch shape (rows x seq_len, one host's batch) and worker count, in a
@@ -36,8 +36,8 @@ import numpy as np
 
 from benchmarks import harness
 
-WORDS_PER_LANGUAGE = 4000
-VOCAB_SIZE = 8000
+WORDS_PER_LANGUAGE = 1000
+VOCAB_SIZE = 37000  # WMT14 en-de's shared vocabulary, as configs/wmt14_*.py use.
 MAX_WORDS = 250
 
 # What one host's chips consume, in slots/s (rows x seq_len x 2 per step / step seconds): the
@@ -74,7 +74,7 @@ def parse_args(argv=None):
 
 
 def _vocabulary(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """4,000 distinct lowercase words, each followed by a space: (bytes, offsets)."""
+  """1,000 distinct lowercase words, each followed by a space: (bytes, offsets)."""
   words: set[str] = set()
   letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
   while len(words) < WORDS_PER_LANGUAGE:
@@ -97,8 +97,9 @@ def _lines(word_ids: np.ndarray, counts: np.ndarray, vocab: tuple[np.ndarray, np
 
 def write_corpus(directory: str, pairs: int, seed: int = 0) -> None:
   """train.{en,de} with `pairs` WMT-like pairs and val.{en,de} with 1,000 (module docstring)."""
+  words = np.random.default_rng(0)  # The same words for every corpus and the tokenizer sample.
+  vocab = {"en": _vocabulary(words), "de": _vocabulary(words)}
   rng = np.random.default_rng(seed)
-  vocab = {"en": _vocabulary(rng), "de": _vocabulary(rng)}
   zipf = 1.0 / (np.arange(WORDS_PER_LANGUAGE) + 10.0)
   zipf /= zipf.sum()
   os.makedirs(directory, exist_ok=True)
@@ -132,7 +133,7 @@ def prepare(work: str, pairs: int) -> dict:
     texts = [line for lang in ("en", "de")
              for line in open(os.path.join(sample, f"train.{lang}"), encoding="utf-8")]
     Tokenizer.train(texts, VOCAB_SIZE, tok_path)
-  tok = Tokenizer(tok_path)
+  tok = Tokenizer.load(tok_path)
   config = DataConfig(dataset="", data_dir=corpus, eval_split="val", vocab_size=VOCAB_SIZE)
   t = time.perf_counter()
   split = bundle.load_split(config, "train")
@@ -166,9 +167,9 @@ def _proc_status(pid: int | str = "self") -> dict[str, float]:
 
 def measure(spec: dict) -> dict:
   """Batches of one shape and worker count, timed (runs in its own process)."""
-  from transformer_jax.data import Tokenizer, filter_pairs, make_train_iterator  # pylint: disable=g-import-not-at-top
+  from transformer_jax.data import Tokenizer, filter_pairs, make_train_iterator, throughput  # pylint: disable=g-import-not-at-top
   from transformer_jax.data.token_cache import TokenizedSplit  # pylint: disable=g-import-not-at-top
-  tok = Tokenizer(spec["tokenizer"])
+  tok = Tokenizer.load(spec["tokenizer"])
   prefix = [os.path.join(spec["cache"], f[:-len(".src_values.npy")])
             for f in os.listdir(spec["cache"]) if f.endswith(".src_values.npy")][0]
   tokens = TokenizedSplit.load(prefix)
@@ -176,21 +177,11 @@ def measure(spec: dict) -> dict:
   it = make_train_iterator(tokens, keep, bos_id=tok.bos_id, eos_id=tok.eos_id,
                            batch_size=spec["rows"], seq_len=spec["seq_len"],
                            num_workers=spec["workers"])
-  next(it)  # Workers started, first windows made: time the steady state.
-  batches = real = 0
-  start = time.perf_counter()
-  while time.perf_counter() - start < spec["seconds"]:
-    b = next(it)
-    batches += 1
-    real += int((b["src_segments"] > 0).sum() + (b["tgt_segments"] > 0).sum())
-  seconds = time.perf_counter() - start
+  timing = throughput.measure(it, spec["seconds"])
   pool = it._source._pool  # pylint: disable=protected-access
   worker_mem = [_proc_status(p.pid) for p in pool._procs] if pool else []  # pylint: disable=protected-access
   it.close()
-  slots = batches * spec["rows"] * spec["seq_len"] * 2
-  return {**spec, "batches": batches, "seconds": seconds, "tokens_per_s": real / seconds,
-          "slots_per_s": slots / seconds, "density": real / slots, "main": _proc_status(),
-          "workers_memory": worker_mem}
+  return {**spec, **timing, "main": _proc_status(), "workers_memory": worker_mem}
 
 
 def run_measure(spec: dict) -> dict:

@@ -86,6 +86,48 @@ class TrainReport:
     return self.tokens_per_chip / self.step_seconds
 
 
+@dataclasses.dataclass(frozen=True)
+class InputDemand:
+  """What one host must feed a slice's estimated step: rows per step and slots per second."""
+  topology: str
+  hosts: int
+  chips_per_host: int
+  rows_per_host: int
+  seq_len: int
+  step_seconds: float
+
+  @property
+  def slots_per_second(self) -> float:
+    """Source + target token slots per second per host (padding included)."""
+    return self.rows_per_host * self.seq_len * 2 / self.step_seconds
+
+  def describe(self) -> str:
+    return (f"Input: each of the {self.hosts} host(s) of {self.topology} feeds its "
+            f"{self.chips_per_host} chips {self.rows_per_host} rows x {self.seq_len} per step: "
+            f"{self.slots_per_second:,.0f} token slots/s at the estimated "
+            f"{self.step_seconds:.3f} s a step (python train.py ... --compile_for "
+            f"{self.topology} --measure_input times this host's pipeline at that shape).")
+
+  def verdict(self, timing: dict[str, float], workers: int) -> str:
+    """One line: whether `timing` (`data.throughput.measure`) keeps up with the demand."""
+    rate, need = timing["slots_per_s"], self.slots_per_second
+    head = (f"This host's pipeline ({workers} workers, {self.rows_per_host} x {self.seq_len}): "
+            f"{rate:,.0f} slots/s ({timing['tokens_per_s']:,.0f} real tokens/s, density "
+            f"{timing['density']:.1%}) against {need:,.0f} needed: ")
+    if rate >= need:
+      return head + f"keeps up ({rate / need:.1f}x)."
+    return head + (f"falls short ({rate / need:.2f}x): the chips would wait for input; raise "
+                   "data.num_workers or use a host with more cores.")
+
+
+def input_demand(report: TrainReport, seq_len: int) -> InputDemand:
+  """`report`'s step as a host's input demand (rows of `seq_len` tokens)."""
+  topo = topology_lib.parse(report.topology)
+  rows = report.tokens_per_chip * topo.chips_per_host // (2 * seq_len)
+  return InputDemand(report.topology, topo.hosts, topo.chips_per_host, rows, seq_len,
+                     report.step_seconds)
+
+
 @dataclasses.dataclass
 class BeamReport:
   """Beam search on one chip: fit and estimated generated tokens/s."""

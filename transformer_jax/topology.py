@@ -20,13 +20,14 @@ class Chip:
   peak_tflops: float
   cores_in_name: bool  # v4-N and v5p-N count TensorCores (2 per chip); v5e-N and v6e-N chips.
   dims: int            # 3-D (torus) or 2-D slice shapes.
+  host_chips: int      # Chips per TPU VM host of a multi-host slice (Cloud TPU docs).
 
 
 CHIPS = {
-    "v4": Chip("v4", 32.0, 275.0, cores_in_name=True, dims=3),
-    "v5e": Chip("v5e", 16.0, 197.0, cores_in_name=False, dims=2),
-    "v5p": Chip("v5p", 95.0, 459.0, cores_in_name=True, dims=3),
-    "v6e": Chip("v6e", 32.0, 918.0, cores_in_name=False, dims=2),
+    "v4": Chip("v4", 32.0, 275.0, cores_in_name=True, dims=3, host_chips=4),
+    "v5e": Chip("v5e", 16.0, 197.0, cores_in_name=False, dims=2, host_chips=8),
+    "v5p": Chip("v5p", 95.0, 459.0, cores_in_name=True, dims=3, host_chips=4),
+    "v6e": Chip("v6e", 32.0, 918.0, cores_in_name=False, dims=2, host_chips=8),
 }
 _SHAPES = {
     2: {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
@@ -46,6 +47,15 @@ class Topology:
   @property
   def chips(self) -> int:
     return self.chips_per_slice * self.num_slices
+
+  @property
+  def chips_per_host(self) -> int:
+    """Chips that one host feeds (a slice smaller than a host has just its own)."""
+    return min(self.chips_per_slice, self.chip.host_chips)
+
+  @property
+  def hosts(self) -> int:
+    return self.chips // self.chips_per_host
 
   @property
   def topology_name(self) -> str:

@@ -61,6 +61,20 @@ def test_the_largest_fit_and_the_advice_when_it_does_not_fit():
   assert "fsdp" not in aot.advice(dataclasses.replace(too_big, fsdp=True))
 
 
+def test_hosts_and_the_input_a_host_must_feed():
+  assert (topology.parse("v5e-8").hosts, topology.parse("v5e-32").hosts) == (1, 4)
+  assert topology.parse("v5p-8").chips_per_host == 4 and topology.parse("v5p-32").hosts == 4
+  assert topology.parse("v5e-4").chips_per_host == 4 and topology.parse("2xv6e-8").hosts == 2
+  demand = aot.input_demand(_report(), seq_len=128)  # 65,536 slots per chip, 8 chips a host.
+  assert demand.rows_per_host == 65_536 * 8 // 256 == 2048
+  assert demand.slots_per_second == pytest.approx(65_536 * 8 / 0.2)
+  assert "2048 rows x 128 per step: 2,621,440 token slots/s" in demand.describe()
+  fast = {"slots_per_s": 3e6, "tokens_per_s": 2.8e6, "density": 0.93}
+  assert "keeps up (1.1x)" in demand.verdict(fast, workers=3)
+  slow = dict(fast, slots_per_s=1e6)
+  assert "falls short (0.38x)" in demand.verdict(slow, workers=0)
+
+
 def _tiny_config(parallelism: str):
   config = experiment_config.base_config(model="tiny")
   config.data.vocab_size = 6_000

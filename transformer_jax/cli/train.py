@@ -59,6 +59,11 @@ def _define_flags(argv: Sequence[str] | None) -> None:
                       "MFU and collectives, and exit without training (needs the tpu extra).")
   flags.DEFINE_integer("tokens_per_chip", None, "With --compile_for: source + target tokens "
                        "per chip per step (default: the config's batch over the chips).")
+  flags.DEFINE_bool("measure_input", False, "With --compile_for: also time this host's input "
+                    "pipeline (the config's corpus, tokenized into --workdir as training would, "
+                    "data.num_workers as on a TPU host) at one host's batch shape for "
+                    "--measure_seconds, and say whether it keeps up with the estimated step.")
+  flags.DEFINE_float("measure_seconds", 10.0, "With --measure_input: seconds to time.")
   flags.DEFINE_bool("allow_corpus_change", False, "Resume a workdir on another corpus than it "
                     "was trained on: fine-tune its weights (with its tokenizer) on the new data.")
 
@@ -137,6 +142,28 @@ def _compile_report(config) -> None:
         f"({beam.total_gib:.2f} of {beam.capacity_gib:.0f} GiB).")
   print("Estimates are the TPU compiler's (exec_time_optimization_effort -1), corrected for "
         "loops counted once; see transformer_jax/aot.py.")
+  demand = aot.input_demand(report, config.data.seq_len)
+  print(demand.describe())
+  if FLAGS.measure_input:
+    _measure_input(config, demand)
+
+
+def _measure_input(config, demand) -> None:
+  """--measure_input: this host's pipeline at one host's batch shape, against `demand`."""
+  import dataclasses
+  from transformer_jax import data as data_lib
+  from transformer_jax.data import throughput
+  workdir = _workdir()
+  common.setup_logging(training=True)
+  workers = config.data.workers_for("tpu")
+  data = dataclasses.replace(config.data, batch_size=demand.rows_per_host)
+  with common.exit_on(ValueError, FileNotFoundError, data_lib.DataWorkerError):
+    bundle = data_lib.create_datasets(data, workdir, seed=config.seed, num_workers=workers)
+    try:
+      timing = throughput.measure(bundle.train_iter, FLAGS.measure_seconds)
+    finally:
+      bundle.close()
+  print(demand.verdict(timing, workers))
 
 
 def _main(argv: list[str]) -> None:
