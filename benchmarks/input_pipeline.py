@@ -155,13 +155,19 @@ def prepare(work: str, pairs: int) -> dict:
 
 
 def _proc_status(pid: int | str = "self") -> dict[str, float]:
-  """VmHWM (peak RSS) and RssAnon (private memory) of a process, in MiB (Linux)."""
+  """Memory of a process in MiB (Linux): VmHWM (peak RSS, counting every page of the
+  memory-mapped token cache it touched, which all processes share), RssAnon (its private
+  memory) and Pss (its proportional share: shared pages divided among their users)."""
   out = {}
-  with open(f"/proc/{pid}/status", encoding="ascii") as f:
-    for line in f:
-      key, _, value = line.partition(":")
-      if key in ("VmHWM", "RssAnon", "VmRSS"):
-        out[key] = int(value.split()[0]) / 1024.0
+  for name, keys in (("status", ("VmHWM", "RssAnon", "VmRSS")), ("smaps_rollup", ("Pss",))):
+    try:
+      with open(f"/proc/{pid}/{name}", encoding="ascii") as f:
+        for line in f:
+          key, _, value = line.partition(":")
+          if key in keys:
+            out[key] = int(value.split()[0]) / 1024.0
+    except OSError:
+      pass
   return out
 
 
@@ -198,14 +204,20 @@ def run_measure(spec: dict) -> dict:
 # ----------------------------------------------------------------------------- the report
 
 
+def _memory(m: dict[str, float]) -> str:
+  return f"{m['VmHWM']:.0f} / {m['RssAnon']:.0f} / {m.get('Pss', float('nan')):.0f}"
+
+
 def workers_needed(demand: float, rates: dict[int, float]) -> str:
-  """The fewest measured workers whose rate covers `demand`, else an estimate from the best
+  """How many workers cover `demand`: the fewest measured, else an estimate from the best
   measured per-worker rate (labelled as such)."""
   for n in sorted(rates):
     if rates[n] >= demand:
-      return f"{n} (measured)" if n else "0 (measured: the main process alone)"
+      return (f"{n} workers (measured {rates[n] / 1e6:.2f}M slots/s, "
+              f"{rates[n] / demand:.1f}x the demand)")
   per_worker = max(rate / n for n, rate in rates.items() if n)
-  return f"{math.ceil(demand / per_worker)} (estimate: {per_worker / 1e6:.2f}M slots/s per worker)"
+  return (f"{math.ceil(demand / per_worker)} workers (an estimate: {per_worker / 1e6:.2f}M "
+          "slots/s per worker measured here, linear in workers)")
 
 
 def report(results: list[dict], prepared: list[dict]) -> str:
@@ -217,11 +229,10 @@ def report(results: list[dict], prepared: list[dict]) -> str:
                  f"{p['mean_tgt_tokens']:.1f} target tokens{tok}")
   lines += ["", harness.markdown_table(
       ["pairs", "rows x len", "workers", "real tokens/s", "slots/s", "density",
-       "main peak / private MiB", "worker peak / private MiB"],
+       "main peak / private / PSS MiB", "each worker: peak / private / PSS MiB"],
       [[f"{r['pairs']:,}", f"{r['rows']}x{r['seq_len']}", r["workers"],
         f"{r['tokens_per_s']:,.0f}", f"{r['slots_per_s']:,.0f}", f"{r['density']:.1%}",
-        f"{r['main']['VmHWM']:.0f} / {r['main']['RssAnon']:.0f}",
-        " ".join(f"{w['VmHWM']:.0f}/{w['RssAnon']:.0f}" for w in r["workers_memory"]) or "-"]
+        _memory(r["main"]), ", ".join(map(_memory, r["workers_memory"])) or "-"]
        for r in results])]
   largest = max(r["pairs"] for r in results)
   lines += ["", f"Demand per host (slots/s: rows x seq_len x 2 per step time) against this "
@@ -233,7 +244,8 @@ def report(results: list[dict], prepared: list[dict]) -> str:
       continue
     demand = chips * per_chip
     lines.append(f"  {name}: {demand:,.0f} slots/s ({chips} x {per_chip:,}; {source}) at "
-                 f"{shape}: needs {workers_needed(demand, rates)} workers on its host")
+                 f"{shape}:\n    {name.split(',')[0]} needs {workers_needed(demand, rates)} on its "
+                 "host")
   return "\n".join(lines)
 
 

@@ -121,7 +121,7 @@ def test_average_checkpoints_cli_writes_the_average_and_refuses_too_many(workdir
   assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir, tmp_path):
+def test_tune_decoding_compares_every_setting_with_the_baseline(workdir, tmp_path):
   lines = ["2019-03-04", "1999-12-31", "2001-01-01", "1987-06-15"]
   model, params, tokenizer, _ = inference.load_translator(workdir, "latest")
   # References are the latest checkpoint's own greedy output (this barely trained model's beams
@@ -143,8 +143,24 @@ def test_tune_decoding_compares_every_setting_and_picks_the_best_by_bleu(workdir
   row = table["rows"][0]
   assert row["bleu"] == pytest.approx(100.0) and row["checkpoint_steps"] == "checkpoint 20"
   assert table["rows"][1]["bleu"] < 100.0
-  assert table["best"]["bleu"] == max(r["bleu"] for r in table["rows"]) == pytest.approx(100.0)
-  assert "best: --checkpoint" in result.stdout
+  # The baseline is the first of each list; each row has its interval, length ratio and p.
+  assert table["baseline"]["setting"] == "latest greedy" and row["baseline"]
+  for r in table["rows"][1:]:
+    assert 0 < r["p_value"] <= 1 and r["bleu_ci95"] >= 0 and r["length_ratio"] > 0
+    assert not r["baseline"] and r["delta"] == pytest.approx(r["bleu"] - 100.0, abs=1e-3)
+  assert table["chosen"]["setting"] == "latest greedy"  # Nothing beats 100 BLEU.
+  assert "kept the baseline latest greedy" in result.stdout and "chosen: --checkpoint latest" \
+      in result.stdout and table["reason"].startswith("kept the baseline")
+  hyps = tmp_path / "hyps"
+  result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={src}", f"--reference={ref}",
+                "--checkpoints=latest", "--beam_sizes=1,2", "--alphas=1.0",
+                "--baseline=latest,2,1.0", f"--hypotheses_dir={hyps}", f"--output_json={out}")
+  assert result.returncode == 0, result.stderr
+  table = json.loads(out.read_text())
+  assert table["baseline"]["setting"] == "latest beam 2 alpha 1"
+  assert sorted(p.name for p in hyps.iterdir()) == ["latest_beam_2_alpha_1.txt",
+                                                    "latest_greedy.txt"]
+  assert (hyps / "latest_greedy.txt").read_text().splitlines() == references
 
 
 def test_tune_decoding_errors(workdir, tmp_path):
@@ -161,6 +177,9 @@ def test_tune_decoding_errors(workdir, tmp_path):
       ((src, src), ["--output_json=/missing/dir/table.json"],
        "directory /missing/dir does not exist"),
       ((empty, empty), [], "no sentence to translate"),
+      ((src, src), ["--baseline=averaged"], "--baseline averaged: give CHECKPOINT,BEAM,ALPHA"),
+      ((src, src), ["--baseline=latest,3,0.6"], "is not among the settings swept"),
+      ((src, src), ["--significance=1.5"], "give a significance level in (0, 1)"),
   ]:
     result = _run("tune_decoding.py", f"--workdir={workdir}", f"--input={inputs[0]}",
                   f"--reference={inputs[1]}", *args)

@@ -1,10 +1,15 @@
 """Choose decoding settings on a development set: `python tune_decoding.py --workdir W --input
-val.src --reference val.tgt [--checkpoints average:5,latest] [--beam_sizes 5] [--alphas 0.6,1.0]`.
+val.src --reference val.tgt [--checkpoints average:5,latest] [--beam_sizes 5] [--alphas 1.0,0.6]
+[--baseline averaged,5,1.0] [--significance 0.05]`.
 
-Translates the development set once per (checkpoint, beam size, length penalty alpha), prints
-BLEU and chrF for each, and writes them with the best setting (by BLEU) to
-WORKDIR/decode_tuning.json. Tune on validation data only; then decode the test set once with the
-chosen setting through translate.py.
+Translates the development set once per (checkpoint, beam size, length penalty alpha) and
+compares each setting with a baseline (the first of each list, or --baseline) by paired bootstrap
+resampling (sacreBLEU's). It keeps the baseline unless a setting is better with p <
+--significance, then takes the best such setting: a difference the development set cannot tell
+from chance does not change the decoding. Prints BLEU with its 95% confidence interval, the
+length ratio and the p-value of every setting, and one line saying why it kept or changed the
+baseline; writes the same to WORKDIR/decode_tuning.json. Tune on validation data only; then
+decode the test set once with the chosen setting through translate.py.
 """
 
 from __future__ import annotations
@@ -33,7 +38,15 @@ def _define_flags() -> None:
   flags.DEFINE_list("checkpoints", ["average:5"], "Checkpoints to compare: latest, a step, "
                     "average:N or averaged.")
   flags.DEFINE_list("beam_sizes", ["5"], "Beam sizes to compare (1 = greedy).")
-  flags.DEFINE_list("alphas", ["0.6", "0.8", "1.0", "1.2", "1.4"], "Length penalties to compare.")
+  flags.DEFINE_list("alphas", ["1.0", "0.6", "0.8", "1.2", "1.4"], "Length penalties to compare.")
+  flags.DEFINE_string("baseline", None, "CHECKPOINT,BEAM,ALPHA: the setting kept unless another "
+                      "is significantly better (default: the first of --checkpoints, "
+                      "--beam_sizes and --alphas); it must be among them.")
+  flags.DEFINE_float("significance", 0.05, "Leave the baseline only for a setting better with a "
+                     "paired-bootstrap p-value below this.")
+  flags.DEFINE_integer("bootstrap_samples", 1000, "Paired bootstrap resamples (sacreBLEU's).")
+  flags.DEFINE_string("hypotheses_dir", None, "Also write each setting's translations here, one "
+                      "file per setting (for analyses such as benchmarks.decoding_rule).")
   flags.DEFINE_enum("beam_convention", "gnmt", ["gnmt", "huggingface"], "Beam search rules: the "
                     "paper's (GNMT length penalty) or transformers' generate() (len^alpha).")
   flags.DEFINE_string("bleu_tokenize", "13a", "sacreBLEU tokenizer; 'none' for tokenized text.")
@@ -51,8 +64,9 @@ def _numbers(name, values, kind):
                      f"{kind.__name__} values.") from None
 
 
-def _settings() -> tuple[list[int], list[float], str]:
-  """(beam sizes, alphas, output path) from the flags; a ValueError for any bad one."""
+def _settings() -> tuple[list[int], list[float], str, tuple[str, int, float]]:
+  """(beam sizes, alphas, output path, baseline) from the flags; a ValueError for any bad one."""
+  from transformer_jax import decoding_choice
   from transformer_jax import inference
   from transformer_jax import workdir_layout as layout
   beam_sizes = _numbers("beam_sizes", FLAGS.beam_sizes, int)
@@ -64,10 +78,36 @@ def _settings() -> tuple[list[int], list[float], str]:
                      "(1 = greedy).")
   if FLAGS.batch_tokens < 1:
     raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
+  decoding_choice.check_level(FLAGS.significance)
+  if FLAGS.bootstrap_samples < 100:
+    raise ValueError(f"--bootstrap_samples {FLAGS.bootstrap_samples}: use at least 100 "
+                     "resamples (sacreBLEU's default is 1000).")
+  baseline = _baseline(beam_sizes, alphas)
   output_json = FLAGS.output_json or layout.path(FLAGS.workdir, layout.DECODE_TUNING_FILE)
   # Now, not after every setting has decoded.
   inference.check_writable(output_json, "--output_json")
-  return beam_sizes, alphas, output_json
+  return beam_sizes, alphas, output_json, baseline
+
+
+def _baseline(beam_sizes: list[int], alphas: list[float]) -> tuple[str, int, float]:
+  """--baseline as (checkpoint, beam size, alpha), checked against the swept lists."""
+  if FLAGS.baseline is None:
+    return FLAGS.checkpoints[0], beam_sizes[0], alphas[0]
+  parts = [p.strip() for p in FLAGS.baseline.split(",")]
+  try:
+    checkpoint, beam_size, alpha = parts[0], int(parts[1]), float(parts[2])
+    if len(parts) != 3:
+      raise ValueError
+  except (ValueError, IndexError):
+    raise ValueError(f"--baseline {FLAGS.baseline}: give CHECKPOINT,BEAM,ALPHA, e.g. "
+                     "averaged,5,1.0.") from None
+  if (checkpoint not in FLAGS.checkpoints or beam_size not in beam_sizes
+      or (beam_size > 1 and alpha not in alphas)):
+    raise ValueError(f"--baseline {FLAGS.baseline} is not among the settings swept "
+                     f"(--checkpoints {','.join(FLAGS.checkpoints)}, --beam_sizes "
+                     f"{','.join(map(str, beam_sizes))}, --alphas {','.join(map(str, alphas))}); "
+                     "add it to those lists or choose one of them.")
+  return checkpoint, beam_size, alpha if beam_size > 1 else alphas[0]
 
 
 def _load():
@@ -97,28 +137,71 @@ def _load():
   return sources, references, model, tokenizer, loaded
 
 
-def _sweep(model, tokenizer, loaded, sources, references, beam_sizes, alphas) -> list[dict]:
-  """Decodes and scores every setting, printing a table row for each; returns the rows."""
+def _name(checkpoint: str, beam_size: int, alpha: float) -> str:
+  return (f"{checkpoint} greedy" if beam_size == 1
+          else f"{checkpoint} beam {beam_size} alpha {alpha:g}")
+
+
+def _sweep(model, tokenizer, loaded, sources, references, beam_sizes,
+           alphas) -> tuple[list[dict], list[list[str]]]:
+  """Decodes and scores every setting, printing a progress line for each; returns the rows
+  and each row's hypotheses."""
   from transformer_jax import evaluation
-  rows = []
-  print(f"{'checkpoint':<16}{'beam':>5}{'alpha':>7}{'BLEU':>8}{'chrF':>8}{'seconds':>9}")
+  rows, hypotheses = [], []
   for checkpoint, (params, what) in zip(FLAGS.checkpoints, loaded):
     for beam_size in beam_sizes:
       # Greedy search has no length penalty: one row stands for every alpha.
       for alpha in alphas if beam_size > 1 else alphas[:1]:
         start = time.perf_counter()
-        _, scores = evaluation.translate_and_score(
+        hyps, scores = evaluation.translate_and_score(
             model, params, tokenizer, sources, references, tokenize=FLAGS.bleu_tokenize,
             lowercase=FLAGS.lowercase, beam_size=beam_size, alpha=alpha,
             batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention)
-        row = {"checkpoint": checkpoint, "checkpoint_steps": what, "beam_size": beam_size,
-               "alpha": alpha, "bleu": scores["bleu"].score, "chrf": scores["chrf"].score,
+        row = {"setting": _name(checkpoint, beam_size, alpha), "checkpoint": checkpoint,
+               "checkpoint_steps": what, "beam_size": beam_size, "alpha": alpha,
+               "bleu": scores["bleu"].score, "chrf": scores["chrf"].score,
                "seconds": round(time.perf_counter() - start, 1),
                "signature": scores["bleu"].signature}
         rows.append(row)
-        print(f"{checkpoint:<16}{beam_size:>5}{alpha:>7.2f}{row['bleu']:>8.2f}"
-              f"{row['chrf']:>8.2f}{row['seconds']:>9.1f}", flush=True)
-  return rows
+        hypotheses.append(hyps)
+        print(f"decoded {row['setting']}: BLEU {row['bleu']:.2f} ({row['seconds']:.1f} s)",
+              flush=True)
+  return rows, hypotheses
+
+
+def _compare(rows: list[dict], hypotheses: list[list[str]], references: list[str],
+             baseline: tuple[str, int, float]) -> tuple[dict, str]:
+  """Adds CI, length ratio, delta and p-value to every row; returns (chosen row, reason)."""
+  from transformer_jax import decoding_choice
+  base = next(i for i, r in enumerate(rows) if r["setting"] == _name(*baseline))
+  order = [base] + [i for i in range(len(rows)) if i != base]
+  comparisons = decoding_choice.compare(
+      [(rows[i]["setting"], hypotheses[i]) for i in order], references,
+      tokenize=FLAGS.bleu_tokenize, lowercase=FLAGS.lowercase, samples=FLAGS.bootstrap_samples)
+  for i, c in zip(order, comparisons):
+    rows[i].update(bleu_ci95=round(c.ci, 3), length_ratio=round(c.length_ratio, 4),
+                   delta=round(c.delta, 3), p_value=c.p_value, baseline=i == base)
+  chosen, reason = decoding_choice.choose(comparisons, FLAGS.significance)
+  return rows[order[chosen]], reason
+
+
+def _print_table(rows: list[dict]) -> None:
+  print(f"{'setting':<34}{'BLEU':>7}{'95% CI':>9}{'len ratio':>10}{'vs base':>9}{'p':>7}"
+        f"{'chrF':>7}")
+  for r in rows:
+    p = "base" if r["baseline"] else f"{r['p_value']:.3f}"
+    print(f"{r['setting']:<34}{r['bleu']:>7.2f}{'±' + format(r['bleu_ci95'], '.2f'):>9}"
+          f"{r['length_ratio']:>10.3f}{r['delta']:>+9.2f}{p:>7}{r['chrf']:>7.2f}")
+
+
+def _write_hypotheses(rows: list[dict], hypotheses: list[list[str]]) -> None:
+  import os
+  os.makedirs(FLAGS.hypotheses_dir, exist_ok=True)
+  for row, hyps in zip(rows, hypotheses):
+    path = os.path.join(FLAGS.hypotheses_dir, row["setting"].replace(" ", "_") + ".txt")
+    with open(path, "w", encoding="utf-8") as f:
+      f.writelines(h + "\n" for h in hyps)
+    row["hypotheses"] = path
 
 
 def _main(argv: list[str]) -> None:
@@ -128,19 +211,24 @@ def _main(argv: list[str]) -> None:
   # A second call loads the compiled search, skipping its tracing and compiling.
   executable_cache.enable()
   with common.exit_on(FileNotFoundError, ValueError):
-    beam_sizes, alphas, output_json = _settings()
+    beam_sizes, alphas, output_json, baseline = _settings()
     sources, references, model, tokenizer, loaded = _load()
-  rows = _sweep(model, tokenizer, loaded, sources, references, beam_sizes, alphas)
-  best = max(rows, key=lambda r: r["bleu"])
+  rows, hypotheses = _sweep(model, tokenizer, loaded, sources, references, beam_sizes, alphas)
+  chosen, reason = _compare(rows, hypotheses, references, baseline)
+  _print_table(rows)
+  if FLAGS.hypotheses_dir:
+    _write_hypotheses(rows, hypotheses)
   convention = ("" if FLAGS.beam_convention == "gnmt"
                 else f" --beam_convention {FLAGS.beam_convention}")
-  print(f"best: --checkpoint {best['checkpoint']} --beam_size {best['beam_size']} "
-        f"--alpha {best['alpha']}{convention} ({best['bleu']:.2f} BLEU on {FLAGS.input}; "
-        f"{best['signature']})")
+  print(f"{reason}\nchosen: --checkpoint {chosen['checkpoint']} --beam_size "
+        f"{chosen['beam_size']} --alpha {chosen['alpha']}{convention} ({chosen['bleu']:.2f} BLEU "
+        f"on {FLAGS.input}; {chosen['signature']})")
   with open(output_json, "w") as f:
     json.dump({"input": FLAGS.input, "reference": FLAGS.reference,
-               "beam_convention": FLAGS.beam_convention, "rows": rows, "best": best},
-              f, indent=1)
+               "beam_convention": FLAGS.beam_convention, "significance": FLAGS.significance,
+               "bootstrap_samples": FLAGS.bootstrap_samples, "rows": rows,
+               "baseline": next(r for r in rows if r["baseline"]), "chosen": chosen,
+               "reason": reason}, f, indent=1)
   print(f"Written to {output_json}.")
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ class TrainIterator:
     self._signature = signature
     self._position: dict[str, int] = {"epoch": 0, "window": 0, "row": 0}
     self._current: tuple[Window, dict[str, np.ndarray]] | None = None
+    self._release: Callable[[], None] = _nothing  # Frees the current window's rows.
     # Per instance: closes the workers when this object is collected, or at exit while the
     # modules still exist; the callback holds the source, not `self`.
     self._finalizer = weakref.finalize(self, source.close)
@@ -64,9 +66,9 @@ class TrainIterator:
 
   def __next__(self) -> dict[str, np.ndarray]:
     self._check_open()
-    parts, need = [], self._batch_rows
+    parts, need, done = [], self._batch_rows, []
     while need:
-      window = self._window_rows()
+      window = self._window_rows(done)
       if window is None:  # The last epoch is done.
         break
       start = self._position["row"]
@@ -76,20 +78,31 @@ class TrainIterator:
       self._advance(start + take, len(window["src"]))
     if not parts:
       raise StopIteration
+    # A copy: the window's rows may live in a worker's slot, which is reused.
     batch = {k: np.concatenate([p[k] for p in parts]) if len(parts) > 1 else parts[0][k].copy()
              for k in packing.BATCH_KEYS}
+    for release in done:  # Windows left behind, now that their rows are copied.
+      release()
     if need:  # The stream ended mid-batch: complete it with empty rows.
       batch = {k: np.pad(v, ((0, need), (0, 0))) for k, v in batch.items()}
     return {k: v[self._rows] for k, v in batch.items()}
 
-  def _window_rows(self) -> dict[str, np.ndarray] | None:
-    """The rows of the window at the current position (None after the last epoch)."""
+  def _window_rows(self, done: list) -> dict[str, np.ndarray] | None:
+    """The rows of the window at the current position (None after the last epoch); the
+    release of a window left behind goes to `done`, for after its rows are copied."""
     key = (self._position["epoch"], self._position["window"])
     if self._num_epochs is not None and key[0] >= self._num_epochs:
       return None
     if self._current is None or self._current[0] != key:
-      self._current = (key, self._source.get(key))
+      done.append(self._release)
+      self._release, self._current = _nothing, None
+      rows, self._release = self._source.get(key)
+      self._current = (key, rows)
     return self._current[1]
+
+  def _drop_current(self) -> None:
+    release, self._release, self._current = self._release, _nothing, None
+    release()
 
   def _advance(self, row: int, num_rows: int) -> None:
     if row < num_rows:
@@ -116,7 +129,8 @@ class TrainIterator:
     if isinstance(state, dict) and "grain" in state and "position" not in state:
       log.warning("The saved data-iterator state is from the grain pipeline of an earlier "
                   "version; the batch order restarts from the first batch of epoch 0.")
-      self._position, self._current = {"epoch": 0, "window": 0, "row": 0}, None
+      self._drop_current()
+      self._position = {"epoch": 0, "window": 0, "row": 0}
       return
     if not isinstance(state, dict) or "position" not in state:
       raise ValueError(f"Not a data-iterator state (expected a dict with 'position'): "
@@ -134,13 +148,19 @@ class TrainIterator:
       raise ValueError(f"The saved data-iterator position {position} does not fit this "
                        f"pipeline; the settings changed: {changed}. Restore them, or start a new "
                        "workdir.")
-    self._position, self._current = position, None
+    self._drop_current()
+    self._position = position
+
+
+def _nothing() -> None:
+  pass
 
 
 class _WindowSource:
   """Windows in stream order, prepared ahead: in this process (a thread) or by workers.
 
-  `get(key)` returns the rows of window `key`; asked in stream order it finds them ready.
+  `get(key)` returns the rows of window `key` and a function to call once they are read;
+  asked in stream order it finds them ready.
   """
 
   def __init__(self, planner: packing.WindowPlanner, tokens: TokenizedSplit, *, seq_len: int,
@@ -167,11 +187,11 @@ class _WindowSource:
       if prefetch:
         self._thread = concurrent.futures.ThreadPoolExecutor(1, "transformer_jax_batches")
 
-  def get(self, key: Window) -> dict[str, np.ndarray]:
+  def get(self, key: Window) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
     if self._ahead and self._ahead[0] != key:  # Moved (set_state): drop what was prepared.
       self._drop_ahead()
     if not self._capacity:
-      return self._make(key)
+      return self._make(key), _nothing
     if not self._ahead:
       self._ahead.append(key)
       self._submit(key)
@@ -212,15 +232,15 @@ class _WindowSource:
     else:
       self._futures.append(self._thread.submit(self._make, key))
 
-  def _collect(self) -> dict[str, np.ndarray]:
+  def _collect(self) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
     if self._pool is not None:
       return self._pool.result()
-    return self._futures.popleft().result()
+    return self._futures.popleft().result(), _nothing
 
   def _drop_ahead(self) -> None:
     while self._ahead:
       self._ahead.popleft()
-      self._collect()
+      self._collect()[1]()
 
   def close(self) -> None:
     if self._pool is not None:

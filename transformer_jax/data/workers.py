@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -47,14 +47,16 @@ class WorkerPool:
     seq_len, bos_id, eos_id: The row format.
     packing, seed: As `packing.pack_rows` takes them.
     max_rows: The most rows a window can have (its example count).
-    depth: Windows in flight per worker.
+    depth: Windows in flight per worker (each worker has two slots more: the caller may still
+      read the rows of two windows, when a batch spans them).
   """
 
   def __init__(self, num_workers: int, token_files: Sequence[str], *, seq_len: int, bos_id: int,
                eos_id: int, packing: bool, seed: int, max_rows: int, depth: int = 2):
-    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    self._dir = tempfile.mkdtemp(prefix="transformer_jax_rows_", dir=shm)
     self._shape = (_NUM_KEYS, max_rows, seq_len)
+    self._depth = depth
+    self._dir = tempfile.mkdtemp(prefix="transformer_jax_rows_", dir=_slot_parent(
+        num_workers * (depth + 2) * 4 * int(np.prod(self._shape))))
     self._procs: list[subprocess.Popen] = []
     self._free: list[list[int]] = []
     self._slots: list[list[np.memmap]] = []
@@ -63,11 +65,11 @@ class WorkerPool:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
       for w in range(num_workers):
-        paths = [os.path.join(self._dir, f"w{w}s{s}") for s in range(depth)]
+        paths = [os.path.join(self._dir, f"w{w}s{s}") for s in range(depth + 2)]
         # Sparse files: tmpfs pages exist only for the rows written.
         self._slots.append([np.lib.format.open_memmap(p, "w+", np.int32, self._shape)
                             for p in paths])
-        self._free.append(list(range(depth)))
+        self._free.append(list(range(depth + 2)))
         proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=env)
         self._procs.append(proc)
@@ -80,7 +82,7 @@ class WorkerPool:
   @property
   def capacity(self) -> int:
     """Windows that can be in flight at once."""
-    return sum(len(s) for s in self._slots)
+    return len(self._slots) * self._depth
 
   def submit(self, examples: packing.WindowExamples, epoch: int, window: int) -> None:
     """Queues a window (round-robin over the workers); at most `capacity` outstanding."""
@@ -92,22 +94,17 @@ class WorkerPool:
     self._pending.append((w, slot))
     self._submitted += 1
 
-  def result(self) -> dict[str, np.ndarray]:
-    """The rows of the oldest outstanding window (copies; the slot is reused)."""
+  def result(self) -> tuple[dict[str, np.ndarray], Callable[[], None]]:
+    """The rows of the oldest outstanding window, as views of its slot, and the function that
+    gives the slot back (call it once done reading; at most two windows may be held)."""
     w, slot = self._pending.pop(0)
     reply = self._receive(w)
     if reply[0] == "error":
+      self._free[w].append(slot)
       raise DataWorkerError(f"Data worker {w} (pid {self._procs[w].pid}) failed:\n{reply[1]}")
-    num_rows = reply[1]
-    rows = self._slots[w][slot][:, :num_rows]
-    out = {k: np.array(rows[i]) for i, k in enumerate(packing.BATCH_KEYS)}
-    self._free[w].append(slot)
-    return out
-
-  def discard(self) -> None:
-    """Drops every outstanding window (after a change of position)."""
-    while self._pending:
-      self.result()
+    rows = self._slots[w][slot][:, :reply[1]]
+    return ({k: rows[i] for i, k in enumerate(packing.BATCH_KEYS)},
+            lambda: self._free[w].append(slot))
 
   def close(self) -> None:
     """Stops the workers and removes the slots; idempotent."""
@@ -160,6 +157,18 @@ class WorkerPool:
         f"Data worker {w} (pid {proc.pid}) {how}; training cannot go on without its batches "
         "(out of memory? see the lines above). Resume from the last checkpoint, with fewer "
         "data.num_workers if memory is short.")
+
+
+def _slot_parent(needed_bytes: int) -> str | None:
+  """/dev/shm when it can hold every slot in full (a container's is often 64 MiB, and writing
+  past its end kills a worker with SIGBUS); else the temporary directory (None)."""
+  try:
+    stat = os.statvfs("/dev/shm")
+  except OSError:
+    return None
+  if os.access("/dev/shm", os.W_OK) and stat.f_bavail * stat.f_frsize >= needed_bytes:
+    return "/dev/shm"
+  return None
 
 
 def _serve(requests, replies) -> None:
