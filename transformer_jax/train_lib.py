@@ -81,8 +81,8 @@ def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool =
                                   process_index=jax.process_index(),
                                   process_count=jax.process_count(), num_workers=num_workers,
                                   check_corpus=check_corpus)
-  log.info("Training batches: %s.", f"{num_workers} worker processes" if num_workers
-           else "made in this process")
+  log.info("Training batches: %s.", "made in this process" if not num_workers else
+           f"{num_workers} worker process{'es' if num_workers > 1 else ''}")
   tok = data.tokenizer
   mesh = sharding.create_mesh()
   model_config = config.model_config(vocab_size=tok.vocab_size, pad_id=tok.pad_id,

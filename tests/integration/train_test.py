@@ -52,8 +52,10 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(tmp_path):
   steps = ["--config.num_train_steps=60", "--config.checkpoint_every_steps=20",
            "--config.eval_every_steps=0"]
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
-  full_proc = _train(full, *steps)  # Runs alongside the interrupted one.
-  proc = _train(cut, *steps)
+  # Runs alongside the interrupted one, its batches made by 2 worker processes; the interrupted
+  # run makes them in-process, and resumes with 1 worker: the batches do not depend on it.
+  full_proc = _train(full, *steps, "--config.data.num_workers=2")
+  proc = _train(cut, *steps, "--config.data.num_workers=0")
   metrics = os.path.join(cut, "metrics.jsonl")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -70,10 +72,13 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(tmp_path):
   assert 5 <= stopped < 60, (stopped, out)
   assert stopped not in (20, 40), "the preemption save is at the signalled step"
 
-  code, out = _finish(_train(cut, *steps))
+  code, out = _finish(_train(cut, *steps, "--config.data.num_workers=1"))
   assert code == 0, out
+  assert "Training batches: 1 worker process." in out
   code, full_out = _finish(full_proc)
   assert code == 0, full_out
+  records = monitoring.read_metrics(os.path.join(full, "metrics.jsonl"))
+  assert all(0 <= r["input_wait"] <= 1 for r in records if "train_loss" in r)
   losses, resumed = _losses(full), _losses(cut)
   assert max(losses) == 60 and losses[60] < losses[1]
   assert _steps(full)[-1] == 60 and _steps(cut)[-1] == 60
@@ -125,13 +130,13 @@ def _tiny_config(path=TINY, **changes):
 
 
 def test_a_diverging_run_never_saves_a_non_finite_state(tmp_path):
-  # The demo with a huge learning rate: at step 9 the loss is still finite but the gradient
-  # norm is NaN, so the updated parameters and Adam's moments are too. Every step (loss and
-  # gradient norm) and the whole state are checked before a save.
+  # The demo with an absurd learning rate: within a few steps the parameters overflow and the
+  # gradient norm or the loss is NaN, and so are the updated parameters and Adam's moments.
+  # Every step (loss and gradient norm) and the whole state are checked before a save.
   config = _tiny_config(os.path.join(ROOT, "configs", "default.py"),
                         **{"num_train_steps": 12, "checkpoint_every_steps": 1,
                            "log_every_steps": 6, "eval_every_steps": 0,
-                           "optim.peak_learning_rate": 1e6})
+                           "optim.peak_learning_rate": 1e30})
   with pytest.raises(train_lib.NonFiniteLossError, match=r"step \d+.*last good checkpoint, step"):
     train_lib.train_and_evaluate(config, str(tmp_path))
   saved = _steps(str(tmp_path))
