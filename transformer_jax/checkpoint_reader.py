@@ -1,13 +1,15 @@
 """Reading a workdir's checkpoints without training: parameters alone, and their averages.
 
 Readers (translate, tune_decoding, average_checkpoints) open `checkpoints/` or `averaged/`
-read-only, pin each step while reading it (`integrity.Pin`), verify its checksums and move a
-corrupt one aside (falling back to the previous one, as training does), and restore only the
-parameters, as host numpy arrays whatever topology saved them.
+read-only and never change them: they pin a step while reading it only when a training run holds
+the workdir (`integrity.Pin`), verify its checksums, skip a corrupt one with a warning (falling
+back to the previous one for "latest"; training moves it aside when it resumes), and restore only
+the parameters, as host numpy arrays whatever topology saved them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
@@ -16,7 +18,9 @@ import orbax.checkpoint as ocp
 
 from transformer_jax import integrity
 from transformer_jax import workdir_layout as layout
-from transformer_jax.checkpoint import item_handlers, set_aside
+from transformer_jax.checkpoint import item_handlers
+
+log = logging.getLogger(__name__)
 
 
 class _NoParams(ValueError):
@@ -42,12 +46,12 @@ def _open_read_only(directory: str, workdir: str):
   return manager, steps
 
 
-def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | None:
-  """Params and config of `step`, pinned while read; None if it is gone or was set aside."""
+def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | str:
+  """Params and config of `step`, pinned while read; else why it cannot be read."""
   step_dir = os.path.join(directory, str(step))
   with integrity.Pin(directory, step):
     if not os.path.isdir(step_dir):
-      return None  # Deleted by the training run's retention before the pin.
+      return "deleted meanwhile by the training run"  # Its retention, before the pin.
     problem = integrity.verify(step_dir)
     if problem is None:
       try:
@@ -61,11 +65,10 @@ def _restore_params(manager, directory: str, step: int) -> tuple[dict, dict] | N
         raise
       except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types.
         if not os.path.isdir(step_dir):
-          return None
+          return "deleted meanwhile by the training run"
         problem = f"{type(e).__name__}: {str(e)[:300]}"
     if problem is not None:
-      set_aside(directory, step, problem)
-      return None
+      return problem
   return restored["state"]["params"], dict(restored["config"] or {})
 
 
@@ -78,26 +81,41 @@ def _params_only(saved_params) -> ocp.args.PyTreeRestore:
                                 partial_restore=True)
 
 
-def _readable(workdir: str, subdir: str, step: int | None = None):
+def _readable(workdir: str, subdir: str, step: int | None = None, problems: dict | None = None):
   """Yields `(step, params, config)` of each checkpoint that reads correctly, newest first (or
-  of `step` alone); corrupt ones are moved aside and skipped."""
+  of `step` alone); unreadable ones are skipped with a warning (and their problem put in
+  `problems`), never moved or changed."""
   directory = layout.checkpoint_dir(workdir, subdir)
   manager, steps = _open_read_only(directory, workdir)
   if step is not None and step not in steps:
     manager.close()
     raise ValueError(f"Step {step} has no checkpoint in {directory}; available: {steps}.")
+  problems = {} if problems is None else problems
   try:
     for candidate in [step] if step is not None else reversed(steps):
       restored = _restore_params(manager, directory, candidate)
-      if restored is not None:
-        yield candidate, restored[0], restored[1]
+      if isinstance(restored, str):
+        problems[candidate] = restored
+        log.warning("Checkpoint %s is unreadable (%s); skipping it.",
+                    os.path.join(directory, str(candidate)), restored[:300])
+        continue
+      yield candidate, restored[0], restored[1]
   finally:
     manager.close()
 
 
-def _no_readable(workdir: str, subdir: str) -> FileNotFoundError:
-  return FileNotFoundError(f"No readable checkpoint left in {os.path.join(workdir, subdir)}: "
-                           "corrupt ones were moved to corrupt-<step>-<time>. Train again.")
+def _unreadable(workdir: str, subdir: str, problems: dict, step: int | None) -> Exception:
+  directory = layout.checkpoint_dir(workdir, subdir)
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
+  if step is not None:
+    others = [s for s in steps if s != step]
+    hint = (f"the other checkpoints are {others}: choose one with --checkpoint, or latest"
+            if others else "it is the only checkpoint")
+    return ValueError(f"Checkpoint {step} of {directory} is unreadable "
+                      f"({problems.get(step, '?')[:200]}); {hint}.")
+  first = next(iter(problems.values()), "?")
+  return FileNotFoundError(f"No readable checkpoint in {directory}: every step {steps} fails "
+                           f"verification (e.g. {first[:200]}). Train again.")
 
 
 def read_params(workdir: str, step: int | None = None, *,
@@ -107,9 +125,10 @@ def read_params(workdir: str, step: int | None = None, *,
   Without `step`, the newest checkpoint that verifies (corrupt ones are moved aside).
   `subdir="averaged"` reads the checkpoints written by `save_averaged`.
   """
-  for found, params, config in _readable(workdir, subdir, step):
+  problems = {}
+  for found, params, config in _readable(workdir, subdir, step, problems):
     return params, found, config
-  raise _no_readable(workdir, subdir)
+  raise _unreadable(workdir, subdir, problems, step)
 
 
 def average_params(workdir: str, num_last: int) -> tuple[dict, list[int], dict]:

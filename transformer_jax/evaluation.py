@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
+import logging
 import sys
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ import tqdm
 from transformer_jax import decoding
 from transformer_jax.config import require_int
 from transformer_jax.model import Transformer
+
+log = logging.getLogger(__name__)
 
 
 class TokenizerLike(Protocol):
@@ -174,7 +177,8 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
   encode = getattr(tokenizer, "encode_batch", None)
   texts = [lines[i] for i in todo]
   ids = encode(texts) if encode is not None else [tokenizer.encode(t) for t in texts]
-  ids = [list(x) + [config.eos_id] if append_eos else list(x) for x in ids]
+  ids = _bounded([list(x) for x in ids], [todo_i + 1 for todo_i in todo], config.max_len,
+                 config.eos_id if append_eos else None)
   order = sorted(range(len(todo)), key=lambda j: -len(ids[j]))  # Longest first.
 
   with tqdm.tqdm(total=len(todo), desc="translate", unit="sentence", file=sys.stderr,
@@ -190,6 +194,22 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
         outputs[todo[j]] = tokenizer.decode(best[row])
       bar.update(len(members))
   return outputs
+
+
+def _bounded(ids: list[list[int]], line_numbers: list[int], limit: int,
+             eos_id: int | None) -> list[list[int]]:
+  """Source ids within the model's `max_len` (EOS included when `eos_id` is given): longer
+  lines keep their first tokens, with one warning naming them, so that one runaway line cannot
+  ask for unbounded memory and the others still translate."""
+  keep = limit - (eos_id is not None)
+  long = [(n, len(x)) for n, x in zip(line_numbers, ids) if len(x) > keep]
+  if long:
+    shown = ", ".join(f"line {n}: {length:,} tokens" for n, length in long[:3])
+    log.warning("%d input line(s) exceed the model's max_len=%d source tokens (%s%s); "
+                "translating their first %d tokens.", len(long), limit, shown,
+                ", ..." if len(long) > 3 else "", keep)
+  tail = [eos_id] if eos_id is not None else []
+  return [x[:keep] + tail for x in ids]
 
 
 def _best_ids(model: Transformer, params: Any, src: np.ndarray, *, beam_size: int, alpha: float,

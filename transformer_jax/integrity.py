@@ -5,9 +5,12 @@ verifies it first, so flipped or truncated bytes are caught before they reach th
 itself checks only that a checkpoint was committed, not what its array files hold).
 
 A reader (translate, tune, average) pins the steps it reads with a file in `checkpoints/.pins/`
-(step, host, pid); the training run's retention keeps a pinned step until the pin goes away, so
-a run deleting old checkpoints cannot pull one out from under a reader. A pin whose process is
-gone (same host) or that is older than `PIN_STALE_SECONDS` (another host) no longer counts.
+(step, host, pid) while a training run holds the workdir (its `train.lock`); the run's retention
+keeps a pinned step until the pin goes away, so a run deleting old checkpoints cannot pull one
+out from under a reader. A workdir that no run holds is left untouched by readers (no pin is
+needed; a read-only copy can be read), and a pin that cannot be written is skipped. A pin whose
+process is gone (same host) or that is older than `PIN_STALE_SECONDS` (another host) no longer
+counts.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import socket
 import time
 import uuid
 
-from transformer_jax.workdir_layout import INTEGRITY_FILE, PIN_DIR
+from transformer_jax.workdir_layout import INTEGRITY_FILE, LOCK_FILE, PIN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +86,36 @@ def verify(step_dir: str) -> str | None:
 
 
 class Pin:
-  """Keeps `step` of a checkpoint directory from deletion while the `with` block reads it."""
+  """Keeps `step` of a checkpoint directory from deletion while the `with` block reads it.
 
-  def __init__(self, directory: str, step: int):
+  Args:
+    directory: The checkpoint directory (`WORKDIR/checkpoints` or `WORKDIR/averaged`).
+    step: The step read.
+    always: Pin even when no training run holds the workdir (tests).
+  """
+
+  def __init__(self, directory: str, step: int, *, always: bool = False):
     self._path = os.path.join(directory, PIN_DIR,
                               f"{step}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    lock = os.path.join(os.path.dirname(os.path.abspath(directory)), LOCK_FILE)
+    self._wanted = always or os.path.exists(lock)
+    self._made = False
 
   def __enter__(self) -> Pin:
-    os.makedirs(os.path.dirname(self._path), exist_ok=True)
-    with open(self._path, "w"):
-      pass
+    if not self._wanted:
+      return self
+    try:
+      os.makedirs(os.path.dirname(self._path), exist_ok=True)
+      with open(self._path, "w"):
+        pass
+      self._made = True
+    except OSError as e:  # A read-only share: no run can delete there either.
+      log.info("Not pinning %s (%s).", self._path, e)
     return self
 
   def __exit__(self, *exc) -> None:
+    if not self._made:
+      return
     try:
       os.remove(self._path)
     except FileNotFoundError:

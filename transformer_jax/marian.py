@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -116,7 +118,11 @@ def read_state_dict(directory: str) -> dict[str, np.ndarray]:
   path = os.path.join(directory, "model.safetensors")
   if os.path.isfile(path):
     from safetensors.numpy import load_file
-    tensors = load_file(path)
+    try:
+      tensors = load_file(path)
+    except Exception as e:  # pylint: disable=broad-except  # safetensors' own error types.
+      raise ValueError(f"{path} cannot be read ({type(e).__name__}: {str(e)[:200]}): a "
+                       "truncated or corrupt download? Fetch the model again.") from None
   else:
     path = os.path.join(directory, "pytorch_model.bin")
     if not os.path.isfile(path):
@@ -289,8 +295,15 @@ def _read_json(directory: str, name: str, required: bool = True) -> dict[str, An
       raise FileNotFoundError(f"{path} is missing: is {directory} a Hugging Face model "
                               "directory?")
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); fetch the model again.") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object; fetch the "
+                     "model again.")
+  return value
 
 
 def _check_target(workdir: str) -> None:
@@ -330,18 +343,56 @@ def import_marian(model: str, workdir: str) -> dict[str, Any]:
     ValueError: an unsupported Marian variant (naming the config.json field), or a workdir that
       already holds a model.
   """
-  from flax.training import train_state
-  from transformer_jax import checkpoint as checkpoint_lib
-  from transformer_jax import schedules
   _check_target(workdir)
   directory = resolve_model(model)
   hf = _read_json(directory, "config.json")
-  config, marian_pad = transformer_config(hf)
+  try:
+    config, marian_pad = transformer_config(hf)
+  except KeyError as e:
+    raise ValueError(f"{os.path.join(directory, 'config.json')} has no {e.args[0]!r}: not a "
+                     "complete Marian config; fetch the model again.") from None
   tokenizer_config = _check_tokenizer_config(directory)
   params = convert_params(read_state_dict(directory), config, marian_pad)
+  # Built in a temporary sibling and moved in at the end: a failure leaves nothing behind, so
+  # the same command can simply be run again.
+  parent = os.path.dirname(os.path.abspath(workdir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(workdir))}.importing-",
+                             dir=parent)
+  try:
+    record = _write_workdir(staging, model, directory, hf, config, marian_pad, tokenizer_config,
+                            params)
+    _move_into(staging, workdir)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return record
+
+
+def _move_into(staging: str, workdir: str) -> None:
+  """Moves the staged workdir into place (its entries, if `workdir` already exists)."""
+  if not os.path.exists(workdir):
+    os.rename(staging, workdir)
+    return
+  for name in os.listdir(staging):
+    os.rename(os.path.join(staging, name), os.path.join(workdir, name))
+
+
+def _write_workdir(workdir: str, model: str, directory: str, hf: dict[str, Any],
+                   config: TransformerConfig, marian_pad: int, tokenizer_config: dict[str, Any],
+                   params: Any) -> dict[str, Any]:
+  """Writes the tokenizer, the step-0 checkpoint and marian_import.json into `workdir`."""
+  from flax.training import train_state
+  from transformer_jax import checkpoint as checkpoint_lib
+  from transformer_jax import schedules
   eos = hf["eos_token_id"][0] if isinstance(hf["eos_token_id"], list) else hf["eos_token_id"]
-  tokenizer = MarianTokenizer.write(directory, os.path.join(workdir, MARIAN_TOKENIZER_DIR),
-                                    vocab_size=config.vocab_size, pad_id=marian_pad, eos_id=eos)
+  try:
+    tokenizer = MarianTokenizer.write(directory, os.path.join(workdir, MARIAN_TOKENIZER_DIR),
+                                      vocab_size=config.vocab_size, pad_id=marian_pad,
+                                      eos_id=eos)
+  except (OSError, RuntimeError, KeyError, TypeError) as e:
+    raise ValueError(f"The tokenizer files of {directory} (source.spm, target.spm, vocab.json) "
+                     f"cannot be read ({type(e).__name__}: {str(e)[:200]}); fetch the model "
+                     "again.") from None
   langs = {k: tokenizer_config[k] for k in ("source_lang", "target_lang")
            if isinstance(tokenizer_config.get(k), str) and tokenizer_config[k]}
   if len(set(langs.values())) != 2:

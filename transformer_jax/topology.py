@@ -91,8 +91,14 @@ def devices(topology: Topology) -> list:
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.topology_name,
                                         num_slices=topology.num_slices)
   except Exception as e:  # pylint: disable=broad-except  # No libtpu: jax raises several types.
+    import importlib.util  # pylint: disable=g-import-not-at-top
+    detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if importlib.util.find_spec("libtpu") is None:
+      raise RuntimeError(
+          f"Cannot build the TPU topology {topology.name} ({detail}); install the TPU compiler "
+          "with `pip install -e \".[tpu]\"` (libtpu for this jax).") from None
     raise RuntimeError(
-        f"Cannot build the TPU topology {topology.name} ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}); install the TPU compiler with "
-        "`pip install -e \".[tpu]\"` (libtpu for this jax).") from None
+        f"The TPU compiler (libtpu, installed) cannot build {topology.name} as "
+        f"{topology.topology_name} ({detail}); try another slice size, e.g. "
+        f"{topology.chip.name}-{8 * (2 if topology.chip.cores_in_name else 1)}.") from None
   return list(desc.devices)

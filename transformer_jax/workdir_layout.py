@@ -43,6 +43,21 @@ CORRUPT_PREFIX = "corrupt-"
 
 # Names whose presence means a workdir already holds a model.
 MODEL_ENTRIES = (CHECKPOINTS_DIR, MARIAN_TOKENIZER_DIR, TOKENIZER_FILE)
+# What training and importing own: no other command's output may name these.
+OWNED_ENTRIES = (LOCK_FILE, CORPUS_FILE, TOKENIZER_FILE, MARIAN_TOKENIZER_DIR, MARIAN_IMPORT_FILE,
+                 DATA_CACHE_DIR, METRICS_FILE, TENSORBOARD_DIR, CURVES_FILE, CHECKPOINTS_DIR,
+                 AVERAGED_DIR)
+
+
+def owned_entry(workdir: str, target: str) -> str | None:
+  """The entry of `OWNED_ENTRIES` that `target` is or lies in (paths resolved), else None."""
+  root = os.path.realpath(workdir)
+  resolved = os.path.realpath(target)
+  for name in OWNED_ENTRIES:
+    entry = os.path.join(root, name)
+    if resolved == entry or resolved.startswith(entry + os.sep):
+      return name
+  return None
 
 
 def check_local(workdir: str) -> str:

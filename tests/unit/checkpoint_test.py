@@ -148,10 +148,15 @@ def test_flipped_bytes_are_caught_by_the_checksums_in_training_and_in_readers(tm
   assert restored[2] == 1 and restored[1] == {"position": 1}
   assert any("checksum mismatch" in r.message for r in caplog.records)
   assert glob.glob(str(tmp_path / "checkpoints" / "corrupt-2-*"))
-  # Readers (translate, tune, average) do the same.
+  # Readers (translate, tune, average) fall back the same way, but change nothing: no move, no
+  # pin (no run holds the workdir), so a read-only copy reads too.
+  before = sorted(str(p) for p in reader_copy.rglob("*"))
   params, step, config = checkpoint_reader.read_params(str(reader_copy))
   assert step == 1 and config == {"seed": 1}
-  assert glob.glob(str(reader_copy / "checkpoints" / "corrupt-2-*"))
+  assert sorted(str(p) for p in reader_copy.rglob("*")) == before
+  with pytest.raises(ValueError, match=r"Checkpoint 2 of .* is unreadable \(.*checksum.*the "
+                     r"other checkpoints are \[1\]: choose one with --checkpoint"):
+    checkpoint_reader.read_params(str(reader_copy), 2)
   np.testing.assert_array_equal(params["shared_embedding"]["embedding"],
                                 state.params["shared_embedding"]["embedding"])
 

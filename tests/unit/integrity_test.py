@@ -35,7 +35,8 @@ def test_checksums_catch_a_flipped_byte_a_truncation_and_a_missing_file(tmp_path
 def start_pinning_reader(directory, step: int) -> subprocess.Popen:
   """A reader in another process that pins `step` until its stdin closes."""
   code = ("import sys; from transformer_jax.integrity import Pin; "
-          "pin = Pin(sys.argv[1], int(sys.argv[2])).__enter__(); print('pinned', flush=True); "
+          "pin = Pin(sys.argv[1], int(sys.argv[2]), always=True).__enter__(); "
+          "print('pinned', flush=True); "
           "sys.stdin.read()")
   reader = subprocess.Popen([sys.executable, "-c", code, str(directory), str(step)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -45,10 +46,21 @@ def start_pinning_reader(directory, step: int) -> subprocess.Popen:
 
 def test_a_pin_counts_while_its_process_lives(tmp_path):
   reader = start_pinning_reader(tmp_path, 3)
-  with integrity.Pin(str(tmp_path), 5):
+  with integrity.Pin(str(tmp_path), 5, always=True):
     assert integrity.pinned_steps(str(tmp_path)) == {3, 5}
   assert integrity.pinned_steps(str(tmp_path)) == {3}
   reader.kill()  # Dies without removing its pin: the pin no longer counts, and is cleaned up.
   reader.wait()
   assert integrity.pinned_steps(str(tmp_path)) == set()
   assert os.listdir(tmp_path / layout.PIN_DIR) == []
+
+
+def test_readers_pin_only_while_a_run_holds_the_workdir(tmp_path):
+  directory = tmp_path / "checkpoints"
+  directory.mkdir()
+  with integrity.Pin(str(directory), 4):  # No train.lock: nothing is written.
+    assert not (directory / layout.PIN_DIR).exists()
+  (tmp_path / layout.LOCK_FILE).write_text("{}")
+  with integrity.Pin(str(directory), 4):
+    assert integrity.pinned_steps(str(directory)) == {4}
+  assert integrity.pinned_steps(str(directory)) == set()

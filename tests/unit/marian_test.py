@@ -230,6 +230,39 @@ def test_bad_paths_are_refused(hf_dir, workdir, tmp_path):
     marian.import_marian(str(tmp_path), str(tmp_path / "out"))
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:300]),
+     "model.safetensors cannot be read .*truncated or corrupt"),
+    (lambda d: (d / "config.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((d / "config.json").read_text()).items()
+         if k != "vocab_size"})), "config.json has no 'vocab_size'"),
+    (lambda d: (d / "config.json").write_text("{not json"), r"config.json is not valid JSON"),
+    (lambda d: (d / "source.spm").write_bytes(b"garbage"), "tokenizer files of .* cannot be read"),
+])
+def test_malformed_model_files_are_one_error_and_leave_nothing(hf_dir, tmp_path, damage, message):
+  broken = tmp_path / "broken"
+  shutil.copytree(hf_dir, broken)
+  damage(broken)
+  out = tmp_path / "out"
+  with pytest.raises(ValueError, match=message):
+    marian.import_marian(str(broken), str(out))
+  assert sorted(os.listdir(tmp_path)) == ["broken"]  # No workdir, no staging directory left.
+  marian.import_marian(hf_dir, str(out))  # The same command then simply works.
+  assert os.path.isfile(out / "marian_import.json")
+
+
+def test_training_an_import_with_another_config_is_refused_before_any_write(workdir):
+  from transformer_jax import experiment_config  # pylint: disable=g-import-not-at-top
+  before = sorted(os.listdir(workdir))
+  wrong = experiment_config.from_config_dict(experiment_config.base_config("tiny"))
+  with pytest.raises(ValueError, match=r"holds an imported OPUS-MT model.*--config "
+                     r"configs/opus_mt.py:"):
+    train_lib.train_and_evaluate(wrong, workdir)
+  assert sorted(os.listdir(workdir)) == before
+  right = experiment_config.from_config_dict(marian.imported_experiment(workdir))
+  train_lib.check_imported_model(right, workdir)  # Its own experiment passes.
+
+
 def test_hub_ids_are_downloaded_and_a_failed_download_is_one_error(hf_dir, monkeypatch):
   import huggingface_hub  # pylint: disable=g-import-not-at-top
   asked = []

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import os
 import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import NoReturn
 
 from absl import app, flags
@@ -52,6 +54,48 @@ def exit_on(*errors: type[BaseException], code: int = USAGE_ERROR) -> Iterator[N
     yield
   except errors as e:
     fail(str(e), code)
+
+
+def check_outputs(outputs: Mapping[str, str | None], inputs: Mapping[str, str | None],
+                  workdir: str | None = None) -> None:
+  """Raises ValueError if an output path would overwrite an input or a file a workdir owns.
+
+  Args:
+    outputs: {flag: path} of what the command will write ("-" or None: stdout or unset).
+    inputs: {flag: path} of what it reads ("-" or None: stdin or unset).
+    workdir: The workdir the command reads, whose training files no output may replace.
+  """
+  from transformer_jax import workdir_layout  # pylint: disable=g-import-not-at-top
+  def same(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+      return True
+    try:
+      return os.path.samefile(a, b)  # Hard links, bind mounts.
+    except OSError:
+      return False
+  given = lambda m: {flag: path for flag, path in m.items() if path and path != "-"}
+  outs = given(outputs)
+  for out_flag, out in outs.items():
+    for in_flag, source in given(inputs).items():
+      if same(out, source):
+        raise ValueError(f"{out_flag} {out} is the file {in_flag} reads: writing it would "
+                         "destroy the input. Write to another path.")
+    if workdir and (entry := workdir_layout.owned_entry(workdir, out)):
+      raise ValueError(f"{out_flag} {out} would overwrite the workdir's {entry}, which training "
+                       "owns. Write to another path.")
+  names = list(outs.items())
+  for i, (flag_a, a) in enumerate(names):
+    for flag_b, b in names[i + 1:]:
+      if same(a, b):
+        raise ValueError(f"{flag_a} and {flag_b} name the same file {a}; give two paths.")
+
+
+def check_alpha(alpha: float, flag: str = "--alpha") -> float:
+  """A length penalty exponent that decoding can use: finite and >= 0 (0 = no penalty)."""
+  if not (math.isfinite(alpha) and alpha >= 0):
+    raise ValueError(f"{flag} {alpha}: give a finite length penalty >= 0 (0 = none; the paper "
+                     "uses 0.6, Marian and fairseq 1.0).")
+  return alpha
 
 
 def setup_logging(*, training: bool = False) -> None:

@@ -112,6 +112,7 @@ def _train(config, workdir: str) -> dict:
   """Runs `train_lib.train_and_evaluate`: exit 2 if it refuses the workdir, 1 if it fails."""
   from transformer_jax import checkpoint, jit_cache, train_lib
   from transformer_jax import workdir as workdir_lib
+  from transformer_jax.data.workers import DataWorkerError
   jit_cache.enable()  # A restart loads its compiled steps instead of compiling them again.
   try:
     return train_lib.train_and_evaluate(config, workdir,
@@ -119,7 +120,7 @@ def _train(config, workdir: str) -> dict:
   except (workdir_lib.WorkdirBusyError, workdir_lib.CorpusChangedError) as e:
     common.fail(str(e))
   except (ValueError, FileNotFoundError, train_lib.NonFiniteLossError,
-          checkpoint.CheckpointSaveError) as e:
+          checkpoint.CheckpointSaveError, DataWorkerError) as e:
     common.fail(str(e), common.RUNTIME_ERROR)
 
 
@@ -133,8 +134,12 @@ def _compile_report(config) -> None:
                              tokens_per_chip=report.tokens_per_chip // 2)
     beam = aot.compile_beam(config, FLAGS.compile_for)
   print(aot.train_table([report, half]))
-  print(f"Largest tokens per chip that fits (HBM linear in tokens through the two rows): "
-        f"{aot.largest_fitting_tokens(half, report):,}")
+  if half.tokens_per_chip != report.tokens_per_chip:
+    print(f"Largest tokens per chip that fits (HBM linear in tokens through the two rows): "
+          f"{aot.largest_fitting_tokens(half, report):,}")
+  else:  # One row per device: half the size rounds to the same batch.
+    print("Largest tokens per chip that fits: not estimated (the half size rounds to the same "
+          "rows per device; ask for more --tokens_per_chip).")
   print(aot.advice(report))
   print(f"Beam search, batch {beam.batch} x beam {beam.beam_size}, {beam.source_length} source "
         f"tokens, {beam.new_tokens} new: {beam.seconds:.3f} s, "
@@ -166,11 +171,34 @@ def _measure_input(config, demand) -> None:
   print(demand.verdict(timing, workers))
 
 
+def _check_compile_flags(config) -> None:
+  """Exit 2 on --compile_for / --tokens_per_chip / --measure_input values that cannot work."""
+  compile_only = ("--tokens_per_chip", FLAGS.tokens_per_chip is not None), (
+      "--measure_input", FLAGS.measure_input)
+  if FLAGS.compile_for is None:
+    for flag, given in compile_only:
+      if given:
+        common.fail(f"{flag} applies only with --compile_for SLICE (e.g. --compile_for v5e-8); "
+                    "without it train.py trains.")
+    return
+  if not FLAGS.compile_for.strip():
+    common.fail("--compile_for is empty: give a TPU slice as Cloud names it, e.g. v5e-8, v4-8, "
+                "v5p-8, v6e-8 or 2xv5e-8.")
+  minimum = 4 * config.data.seq_len  # Two rows of a device at the asked size, one at half.
+  if FLAGS.tokens_per_chip is not None and FLAGS.tokens_per_chip < minimum:
+    common.fail(f"--tokens_per_chip {FLAGS.tokens_per_chip}: give at least {minimum} (two rows "
+                f"of data.seq_len={config.data.seq_len} source + target tokens, so that the half "
+                "size the report also compiles holds a row).")
+  if FLAGS.measure_seconds <= 0:
+    common.fail(f"--measure_seconds {FLAGS.measure_seconds}: give a positive time.")
+
+
 def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     common.fail(f"unexpected arguments {argv[1:]}; settings go as --config.KEY=VALUE.")
   config = _experiment_config()
-  if FLAGS.compile_for:
+  _check_compile_flags(config)
+  if FLAGS.compile_for is not None:
     _compile_report(config)
     return
   workdir = _workdir()

@@ -53,7 +53,11 @@ def _check_flags() -> None:
     raise ValueError(f"--beam_size {FLAGS.beam_size}: use a positive beam size (1 = greedy).")
   if FLAGS.batch_tokens < 1:
     raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
-  for flag, path in (("--output", FLAGS.output), ("--attention_plot", FLAGS.attention_plot)):
+  common.check_alpha(FLAGS.alpha)
+  outputs = {"--output": FLAGS.output, "--attention_plot": FLAGS.attention_plot}
+  common.check_outputs(outputs, {"--input": FLAGS.input, "--reference": FLAGS.reference},
+                       workdir=FLAGS.workdir)
+  for flag, path in outputs.items():
     if path and path != "-":
       inference.check_writable(path, flag)
 

@@ -73,6 +73,8 @@ def _settings() -> tuple[list[int], list[float], str, tuple[str, int, float]]:
   alphas = _numbers("alphas", FLAGS.alphas, float)
   if not FLAGS.checkpoints or not beam_sizes or not alphas:
     raise ValueError("--checkpoints, --beam_sizes and --alphas each need at least one value.")
+  for alpha in alphas:
+    common.check_alpha(alpha, f"--alphas={','.join(FLAGS.alphas)}:")
   if min(beam_sizes) < 1:
     raise ValueError(f"--beam_sizes={','.join(FLAGS.beam_sizes)}: beam sizes must be positive "
                      "(1 = greedy).")
@@ -84,6 +86,9 @@ def _settings() -> tuple[list[int], list[float], str, tuple[str, int, float]]:
                      "resamples (sacreBLEU's default is 1000).")
   baseline = _baseline(beam_sizes, alphas)
   output_json = FLAGS.output_json or layout.path(FLAGS.workdir, layout.DECODE_TUNING_FILE)
+  common.check_outputs({"--output_json": output_json, "--hypotheses_dir": FLAGS.hypotheses_dir},
+                       {"--input": FLAGS.input, "--reference": FLAGS.reference},
+                       workdir=FLAGS.workdir)
   # Now, not after every setting has decoded.
   inference.check_writable(output_json, "--output_json")
   return beam_sizes, alphas, output_json, baseline

@@ -71,11 +71,14 @@ class TrainIterator:
       window = self._window_rows(done)
       if window is None:  # The last epoch is done.
         break
-      start = self._position["row"]
-      take = min(need, len(window["src"]) - start)
+      start, num_rows = self._position["row"], len(window["src"])
+      if start >= num_rows:  # A position saved with other settings: the next window.
+        self._advance(num_rows, num_rows)
+        continue
+      take = min(need, num_rows - start)
       parts.append({k: v[start:start + take] for k, v in window.items()})
       need -= take
-      self._advance(start + take, len(window["src"]))
+      self._advance(start + take, num_rows)
     if not parts:
       raise StopIteration
     # A copy: the window's rows may live in a worker's slot, which is reused.

@@ -62,7 +62,10 @@ class WorkerPool:
     self._slots: list[list[np.memmap]] = []
     self._pending: list[tuple[int, int]] = []  # (worker, slot) per submitted window, in order.
     self._submitted = 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The package's own location first: a checkout run without installing still imports.
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
     try:
       for w in range(num_workers):
         paths = [os.path.join(self._dir, f"w{w}s{s}") for s in range(depth + 2)]
