@@ -65,7 +65,7 @@ class Run:
 
 def setup(config: ExperimentConfig, workdir: str, *, allow_corpus_change: bool = False) -> Run:
   """Data, model, optimizer, mesh, state (fresh or restored), compiled steps and metrics writer."""
-  from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets, grain).
+  from transformer_jax import data as data_lib  # Deferred: heavy imports (datasets).
 
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints,
                                      keep_period=config.keep_every_steps or None)

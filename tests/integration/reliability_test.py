@@ -44,7 +44,7 @@ if _root:
 
 
 def _run(*args, stdin=None, env=None):
-  full_env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **(env or {}))
+  full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, input=stdin,
                         capture_output=True, text=True, timeout=300)
 
@@ -213,3 +213,15 @@ def test_the_read_only_hook_is_what_it_claims(tmp_path):
   result = _run("-c", code, env={"READ_ONLY_ROOT": os.path.realpath(root),
                                  "PYTHONPATH": str(hook_dir)})
   assert result.stdout.split() == ["x", "30", "30", "30", "ok"], result.stderr
+
+
+def test_no_tpu_start_up_noise_on_a_machine_without_a_tpu(workdir, dev):
+  """libtpu (installed by the test extra) prints alarming lines when JAX probes a missing TPU."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  env["XLA_FLAGS"] = ""
+  result = subprocess.run([sys.executable, "translate.py", f"--workdir={workdir}",
+                           f"--input={dev[0]}", "--beam_size=1"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  for noise in ("TPU_WORKER_HOSTNAMES", "Failed to find host bounds", "Source Location Trace"):
+    assert noise not in result.stderr, result.stderr[-2000:]

@@ -8,9 +8,12 @@ command was refused before doing anything (a bad flag, config, input file or wor
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import importlib.util
 import logging
 import math
 import os
+import pkgutil
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -114,6 +117,41 @@ def setup_logging(*, training: bool = False) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # Backend discovery notices.
 
 
+def skip_absent_tpu() -> None:
+  """Leaves JAX's TPU backend out where this machine has no TPU chip.
+
+  With libtpu installed (the `tpu` and `test` extras), JAX's start-up asks libtpu for a TPU,
+  and on a machine without one libtpu prints errors ("Failed to find host bounds", "unexpected
+  worker hostname", a source-location trace) before JAX carries on with its other backends.
+  Where JAX's own PCI scan finds no TPU chip, `JAX_PLATFORMS` is set to the other installed
+  backends (CUDA / ROCm plugins, and the CPU). Nothing changes when the user set
+  `JAX_PLATFORMS`, when libtpu is absent, or when an unknown JAX plugin is installed.
+  `--compile_for` does not need the TPU backend: it builds compile-only TPU devices.
+  """
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return
+  try:
+    from jax._src import hardware_utils  # pylint: disable=g-import-not-at-top
+    chips, _ = hardware_utils.num_available_tpu_chips_and_device_id()
+  except Exception:  # pylint: disable=broad-except  # A private helper: if it moved, do nothing.
+    return
+  if chips:
+    return
+  plugins = {ep.name for ep in importlib.metadata.entry_points(group="jax_plugins")}
+  try:
+    import jax_plugins  # pylint: disable=g-import-not-at-top
+    plugins |= {m.name for m in pkgutil.iter_modules(jax_plugins.__path__)}
+  except ImportError:
+    pass
+  backends = {p: "cuda" if "cuda" in p else "rocm" if "rocm" in p else None for p in plugins}
+  if any(b is None for b in backends.values()):
+    return  # A backend we do not know: do not guess its platform name.
+  platforms = ",".join([*sorted(set(backends.values())), "cpu"])
+  os.environ["JAX_PLATFORMS"] = platforms  # For child processes.
+  import jax  # pylint: disable=g-import-not-at-top  # Imported above; no backend started yet.
+  jax.config.update("jax_platforms", platforms)
+
+
 def run(main: Callable[[list[str]], None], command: types.ModuleType,
         argv: Sequence[str] | None = None,
         flags_parser: Callable[[list[str]], list[str]] = app.parse_flags_with_usage) -> None:
@@ -133,4 +171,8 @@ def run(main: Callable[[list[str]], None], command: types.ModuleType,
   sys.modules["__main__"].__doc__ = command.__doc__
   for flag in flags.FLAGS.get_key_flags_for_module(command):
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-  app.run(main, argv=None if argv is None else list(argv), flags_parser=flags_parser)
+  def main_without_tpu_probe(args: list[str]) -> None:
+    skip_absent_tpu()  # After the flags (--help stays quick), before JAX starts a backend.
+    main(args)
+  app.run(main_without_tpu_probe, argv=None if argv is None else list(argv),
+          flags_parser=flags_parser)

@@ -1,5 +1,5 @@
 """Where a workdir keeps its tokenizer, and loading it (no data pipeline imports: translate.py
-starts faster without grain and datasets)."""
+starts faster without datasets)."""
 
 from __future__ import annotations
 
