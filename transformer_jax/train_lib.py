@@ -9,6 +9,7 @@ import functools
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from typing import Any, Callable
@@ -181,13 +182,23 @@ def train_and_evaluate(config, workdir: str, *,
   workdir = os.path.abspath(layout.check_local(workdir))
   check_runnable(config, jax.device_count(), jax.devices()[0].platform)  # Before any write.
   check_imported_model(config, workdir)
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with _workdir_lock(workdir):
-    run = setup(config, workdir, allow_corpus_change=allow_corpus_change)
-    try:
-      final = _loop(run)
-    finally:
-      run.close()
+  started = False
+  try:
+    with _workdir_lock(workdir):
+      run = setup(config, workdir, allow_corpus_change=allow_corpus_change)
+      started = True
+      try:
+        final = _loop(run)
+      finally:
+        run.close()
+  except BaseException:
+    # A new workdir whose setup failed (a bad corpus, a config the data refutes) is removed, so
+    # that nothing is left to refuse or confuse the corrected command.
+    if created and not started and jax.process_index() == 0:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
   if run.is_main:
     monitoring.plot_curves(run.writer.path, layout.path(workdir, layout.CURVES_FILE))
   return final

@@ -181,6 +181,15 @@ def test_train_flags_are_checked_before_anything_is_written(tmp_path, flags, mes
   assert not workdir.exists()
 
 
+def test_a_new_workdir_whose_setup_fails_is_removed(tmp_path):
+  workdir = tmp_path / "run"
+  result = _run("train.py", f"--config={TINY}", f"--workdir={workdir}",
+                "--config.data.dataset=", f"--config.data.data_dir={tmp_path / 'no_corpus'}",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert "no_corpus" in _one_line_error(result, result.returncode)
+  assert not workdir.exists()
+
+
 def test_a_runaway_line_is_bounded_and_the_rest_translates(workdir, tmp_path):
   src = tmp_path / "src.txt"
   src.write_text("2019-03-04\n" + "1" * 100_000 + "\n1999-12-31\n")
