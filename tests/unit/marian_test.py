@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 import sentencepiece as spm  # pylint: disable=g-import-not-at-top
 
-from transformer_jax import decoding, evaluation, inference, marian, train_lib
+from transformer_jax import decoding, evaluation, inference, marian, preflight, train_lib
 from transformer_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -260,7 +260,7 @@ def test_training_an_import_with_another_config_is_refused_before_any_write(work
     train_lib.train_and_evaluate(wrong, workdir)
   assert sorted(os.listdir(workdir)) == before
   right = experiment_config.from_config_dict(marian.imported_experiment(workdir))
-  train_lib.check_imported_model(right, workdir)  # Its own experiment passes.
+  preflight.check_imported_model(right, workdir)  # Its own experiment passes.
 
 
 def test_hub_ids_are_downloaded_and_a_failed_download_is_one_error(hf_dir, monkeypatch):
