@@ -1,7 +1,6 @@
 """The commands' promises on bad input: outputs never overwrite inputs, readers never write, every
 flag is checked before work starts, long input is bounded; one line, nothing changed."""
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,7 +9,6 @@ import textwrap
 
 import pytest
 
-from transformer_jax import train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny.py")
@@ -65,18 +63,6 @@ def _one_line_error(result, code=2):
   lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error: ")]
   assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   return lines[0]
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  spec = importlib.util.spec_from_file_location("tiny", TINY)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.eval_every_steps = 0
-  path = str(tmp_path_factory.mktemp("workdir"))
-  train_lib.train_and_evaluate(config, path)
-  return path
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """translate.py and checkpoint averaging on a tiny trained workdir."""
 
 import gzip
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from transformer_jax import checkpoint_reader
-from transformer_jax import evaluation, executable_cache, inference, train_lib
+from transformer_jax import evaluation, executable_cache, inference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,18 +19,6 @@ def _run(*args, stdin=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, input=stdin,
                         capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(ROOT, "configs", "tiny.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.eval_every_steps = 0
-  path = str(tmp_path_factory.mktemp("workdir"))
-  train_lib.train_and_evaluate(config, path)
-  return path
 
 
 def test_translate_cli_keeps_order_and_empty_lines_and_scores(workdir, tmp_path):
