@@ -116,20 +116,9 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
   if num_workers < 0 or prefetch < 0 or window < 0:
     raise ValueError(f"num_workers={num_workers}, prefetch={prefetch} and window={window} must "
                      "be >= 0.")
-  indices = np.asarray(indices, np.int64)
-  src_lengths = tokens.src_lengths[indices] + 1  # With EOS.
-  tgt_lengths = tokens.tgt_lengths[indices] + 1  # With BOS.
-  longest = int(max(src_lengths.max(initial=0), tgt_lengths.max(initial=0)))
-  if longest > seq_len:
-    raise ValueError(f"An example has {longest} tokens (with EOS/BOS) but rows hold data.seq_len="
-                     f"{seq_len}; set data.max_len <= data.seq_len.")
   by_rows = process_sharding == "rows"
-  if not by_rows and process_count > 1:
-    part = slice(process_index, None, process_count)
-    indices, src_lengths, tgt_lengths = indices[part], src_lengths[part], tgt_lengths[part]
-  if not len(indices):
-    raise ValueError(f"Process {process_index} of {process_count} got no training examples; "
-                     "use process_sharding='rows' for tiny corpora.")
+  indices, src_lengths, tgt_lengths = _process_examples(
+      tokens, indices, seq_len, process_index, 1 if by_rows else process_count)
   pipeline_rows = batch_size if by_rows else local_rows
   window = packing_window(pipeline_rows, seq_len, packing, window)
   planner = WindowPlanner(indices, src_lengths, tgt_lengths, window=window, seed=seed)
@@ -143,6 +132,24 @@ def make_train_iterator(tokens: TokenizedSplit, indices: np.ndarray, *, bos_id: 
                "process_count": process_count, "process_sharding": process_sharding}
   return TrainIterator(planner, source, batch_rows=pipeline_rows, rows=rows,
                        num_epochs=num_epochs, signature=signature)
+
+
+def _process_examples(tokens: TokenizedSplit, indices: np.ndarray, seq_len: int,
+                      process_index: int, shards: int):
+  """(indices, source lengths + EOS, target lengths + BOS) of this process's 1/`shards` of the
+  examples; a ValueError for an example longer than a row, or for a process left with none."""
+  indices = np.asarray(indices, np.int64)
+  src_lengths = tokens.src_lengths[indices] + 1
+  tgt_lengths = tokens.tgt_lengths[indices] + 1
+  longest = int(max(src_lengths.max(initial=0), tgt_lengths.max(initial=0)))
+  if longest > seq_len:
+    raise ValueError(f"An example has {longest} tokens (with EOS/BOS) but rows hold data.seq_len="
+                     f"{seq_len}; set data.max_len <= data.seq_len.")
+  part = slice(process_index, None, shards) if shards > 1 else slice(None)
+  if not len(indices[part]):
+    raise ValueError(f"Process {process_index} of {shards} got no training examples; "
+                     "use process_sharding='rows' for tiny corpora.")
+  return indices[part], src_lengths[part], tgt_lengths[part]
 
 
 def rows_per_process(batch_size: int, process_index: int, process_count: int,
