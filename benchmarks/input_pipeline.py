@@ -8,7 +8,8 @@ each TPU slice and GPU consumes.
    source sentences of round(lognormal(ln 26 - 0.18, 0.6)) words (mean ~26, clipped to
    [1, 250]), targets of round(source x lognormal(0, 0.15)) words, words drawn Zipf-like
    (p ~ 1 / (rank + 10)) from 1,000 per language, so that each word is one BPE piece of the
-   tokenizer (37,000 pieces requested, WMT14's) trained on a 100k-pair sample. Files train.en / train.de, read by the loading code
+   tokenizer (37,000 pieces requested, WMT14's) trained on a sample of up to 100k pairs. Files
+   train.en / train.de, read by the loading code
    training uses (`data.bundle.load_split`, `tokenize_split`, `filter_pairs`).
 2. Tokenizes it (timed on the first run: pairs/s).
 3. For each corpus size, batch shape (rows x seq_len, one host's batch) and worker count, in a
@@ -129,7 +130,7 @@ def prepare(work: str, pairs: int) -> dict:
   tok_path = os.path.join(work, "tokenizer.model")
   if not os.path.exists(tok_path):  # One tokenizer for every size, so lengths compare.
     sample = os.path.join(work, "tokenizer-sample")
-    write_corpus(sample, 100_000, seed=1)
+    write_corpus(sample, min(100_000, pairs), seed=1)
     texts = [line for lang in ("en", "de")
              for line in open(os.path.join(sample, f"train.{lang}"), encoding="utf-8")]
     Tokenizer.train(texts, VOCAB_SIZE, tok_path)
@@ -184,8 +185,7 @@ def measure(spec: dict) -> dict:
                            batch_size=spec["rows"], seq_len=spec["seq_len"],
                            num_workers=spec["workers"])
   timing = throughput.measure(it, spec["seconds"])
-  pool = it._source._pool  # pylint: disable=protected-access
-  worker_mem = [_proc_status(p.pid) for p in pool._procs] if pool else []  # pylint: disable=protected-access
+  worker_mem = [_proc_status(pid) for pid in it.worker_pids()]
   it.close()
   return {**spec, **timing, "main": _proc_status(), "workers_memory": worker_mem}
 

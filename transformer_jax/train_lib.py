@@ -192,7 +192,7 @@ def _loop(run: Run) -> dict[str, Any]:
   c = run.config
   metrics_log = _MetricsLog(run.writer, run.checkpointer.directory, run.start_step)
   progress = _Progress(run.start_step, c.num_train_steps, enabled=run.is_main)
-  input_bound = _InputBoundWarning(run.data.num_workers, enabled=run.is_main)
+  input_bound = _InputBoundWarning(len(run.data.train_iter.worker_pids()), enabled=run.is_main)
   final, step, stop = {}, run.start_step, False
   with _Preemption() as preemption, progress:
     for step in range(run.start_step + 1, c.num_train_steps + 1):

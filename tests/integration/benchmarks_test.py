@@ -8,6 +8,7 @@ tiny settings, each side in its own worker process.
 """
 
 import dataclasses
+import json
 import os
 import sys
 import threading
@@ -276,3 +277,33 @@ def test_data_benchmark_times_the_pipeline(multi30k_dir, capsys):
                        "300", "--batch_size", "2", "--seq_len", "32"])
   out = capsys.readouterr().out
   assert "tokenize (cached)" in out and "packed" in out and "unpacked" in out
+
+
+def test_input_pipeline_benchmark_measures_workers_and_demand(tmp_path, capsys):
+  from benchmarks import input_pipeline  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "results.json"
+  input_pipeline.main(["--pairs", "3000", "--shapes", "16x32,1024x64", "--workers", "0,1",
+                       "--seconds", "0.3", "--work", str(tmp_path / "work"), "--out", str(out)])
+  text = capsys.readouterr().out
+  assert "needs" in text and "H200, base" in text  # The 1024x64 demand line.
+  results = json.loads(out.read_text())["results"]
+  assert [(r["rows"], r["workers"]) for r in results] == [(16, 0), (16, 1), (1024, 0), (1024, 1)]
+  for r in results:
+    assert r["tokens_per_s"] > 0 and 0.5 < r["density"] <= 1
+    assert len(r["workers_memory"]) == r["workers"] and r["main"]["VmHWM"] > 0
+
+
+def test_decoding_rule_reads_tune_decodings_hypotheses(tmp_path, capsys):
+  from benchmarks import decoding_rule  # pylint: disable=g-import-not-at-top
+  hyps = tmp_path / "hyps"
+  hyps.mkdir()
+  refs = [f"a b c d e f {i}" for i in range(60)]
+  (tmp_path / "ref.txt").write_text("\n".join(refs) + "\n")
+  (hyps / "base.txt").write_text("\n".join(refs) + "\n")
+  (hyps / "worse.txt").write_text("\n".join("a b x y" for _ in refs) + "\n")
+  decoding_rule.main(["--hypotheses_dir", str(hyps), "--reference", str(tmp_path / "ref.txt"),
+                      "--baseline", "base.txt", "--splits", "2", "--bootstrap_samples", "100",
+                      "--out", str(tmp_path / "rule.json")])
+  rule = json.loads((tmp_path / "rule.json").read_text())
+  assert rule["baseline"] == "base" and rule["significant"] == rule["best_bleu"] == [0.0, 0.0]
+  assert "significant at p < 0.05 (new)" in capsys.readouterr().out

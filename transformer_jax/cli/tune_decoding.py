@@ -15,6 +15,7 @@ decode the test set once with the chosen setting through translate.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -200,7 +201,6 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def _write_hypotheses(rows: list[dict], hypotheses: list[list[str]]) -> None:
-  import os
   os.makedirs(FLAGS.hypotheses_dir, exist_ok=True)
   for row, hyps in zip(rows, hypotheses):
     path = os.path.join(FLAGS.hypotheses_dir, row["setting"].replace(" ", "_") + ".txt")

@@ -29,7 +29,6 @@ class DataBundle:
     train_iter: Infinite per-process training batches with get_state() / set_state().
     eval_sources: Raw source text of the eval examples, in eval order.
     eval_references: Raw target text of the same examples.
-    num_workers: Worker processes making the training batches (0 = this process).
   """
   tokenizer: Tokenizer
   train_iter: pipeline.TrainIterator
@@ -38,7 +37,6 @@ class DataBundle:
   _eval_tokens: pipeline.TokenizedSplit
   _eval_indices: np.ndarray
   _eval_kwargs: dict[str, Any]
-  num_workers: int = 0  # Worker processes making the training batches.
 
   def eval_batches(self) -> Iterator[dict[str, np.ndarray]]:
     """A fresh pass over the eval split: every example once, in order, fixed-shape batches."""
@@ -65,7 +63,8 @@ def load_split(config: DataConfig, split: str):
 
 def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | os.PathLike, *,
                     seed: int, process_index: int = 0, process_count: int = 1,
-                    num_workers: int = 0, check_corpus: Callable[[dict[str, str]], None] | None = None) -> DataBundle:
+                    num_workers: int = 0,
+                    check_corpus: Callable[[dict[str, str]], None] | None = None) -> DataBundle:
   """Loads the corpus, trains (or reuses) the tokenizer, and builds the batch pipelines.
 
   Args:
@@ -115,7 +114,7 @@ def create_datasets(data_config: DataConfig | Mapping[str, Any], workdir: str | 
                      seq_len=pipeline.eval_length(eval_tokens, eval_keep),
                      process_index=process_index, process_count=process_count)
   return DataBundle(tokenizer, train_iter, sources, references, eval_tokens, eval_keep,
-                    eval_kwargs, num_workers)
+                    eval_kwargs)
 
 
 def _load_corpus(c: DataConfig):

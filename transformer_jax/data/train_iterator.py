@@ -60,6 +60,11 @@ class TrainIterator:
     get_state, set_state) raises ValueError."""
     self._finalizer()
 
+  def worker_pids(self) -> list[int]:
+    """The ids of the worker processes making the batches ([] when made in this process)."""
+    pool = self._source._pool  # pylint: disable=protected-access
+    return pool.pids if pool is not None else []
+
   def _check_open(self) -> None:
     if not self._finalizer.alive:
       raise ValueError("The training iterator is closed.")

@@ -83,6 +83,11 @@ class WorkerPool:
       raise
 
   @property
+  def pids(self) -> list[int]:
+    """The worker processes' ids (e.g. to read their memory use)."""
+    return [proc.pid for proc in self._procs]
+
+  @property
   def capacity(self) -> int:
     """Windows that can be in flight at once."""
     return len(self._slots) * self._depth
