@@ -47,14 +47,26 @@ MAX_WORDS = 250
 # 128 (docs/tpu.md, "With the attention kernel"); `train.py --compile_for SLICE` derives them
 # anew. The H200 figure is measured (docs/performance.md, `python -m benchmarks.accelerator`).
 DEMAND = (
-    # (name, host batch shape, chips per host, slots/s per chip, source)
-    ("H200, base", "1024x64", 1, 1_314_626, "docs/performance.md, measured 2026-12-04"),
-    ("v5e-8, base", "2048x128", 8, 549_246, "docs/tpu.md, compiler estimate"),
-    ("v5p-8, base", "1024x128", 4, 1_380_727, "docs/tpu.md, compiler estimate"),
-    ("v6e-8, base", "2048x128", 8, 1_281_868, "docs/tpu.md, compiler estimate"),
-    ("v5p-8, big", "1024x128", 4, 497_163, "docs/tpu.md, compiler estimate"),
-    ("v6e-8, big", "2048x128", 8, 737_243, "docs/tpu.md, compiler estimate"),
+    # (name, the slice (None: one GPU), slots/s per chip, source); a slice's host batch is its
+    # chips per host (transformer_jax.topology) x TOKENS_PER_CHIP in rows of TPU_SEQ_LEN.
+    ("H200, base", None, 1_314_626, "docs/performance.md, measured 2026-12-04"),
+    ("v5e-8, base", "v5e-8", 549_246, "docs/tpu.md, compiler estimate"),
+    ("v5p-8, base", "v5p-8", 1_380_727, "docs/tpu.md, compiler estimate"),
+    ("v6e-8, base", "v6e-8", 1_281_868, "docs/tpu.md, compiler estimate"),
+    ("v5p-8, big", "v5p-8", 497_163, "docs/tpu.md, compiler estimate"),
+    ("v6e-8, big", "v6e-8", 737_243, "docs/tpu.md, compiler estimate"),
 )
+TOKENS_PER_CHIP, TPU_SEQ_LEN = 65_536, 128  # docs/tpu.md's figures: 64k tokens/chip, rows of 128.
+GPU_SHAPE = "1024x64"  # The accelerator check's batch (benchmarks/accelerator_checks.py).
+
+
+def _host(slice_name: str | None) -> tuple[str, int]:
+  """(host batch shape, chips per host) of a DEMAND row."""
+  if slice_name is None:
+    return GPU_SHAPE, 1
+  from transformer_jax import topology  # pylint: disable=g-import-not-at-top
+  chips = topology.parse(slice_name).chips_per_host
+  return f"{chips * TOKENS_PER_CHIP // (2 * TPU_SEQ_LEN)}x{TPU_SEQ_LEN}", chips
 
 
 def parse_args(argv=None):
@@ -237,7 +249,8 @@ def report(results: list[dict], prepared: list[dict]) -> str:
   largest = max(r["pairs"] for r in results)
   lines += ["", f"Demand per host (slots/s: rows x seq_len x 2 per step time) against this "
             f"machine's pipeline ({largest:,} pairs, {os.cpu_count()} cores):"]
-  for name, shape, chips, per_chip, source in DEMAND:
+  for name, slice_name, per_chip, source in DEMAND:
+    shape, chips = _host(slice_name)
     rates = {r["workers"]: r["slots_per_s"] for r in results
              if r["pairs"] == largest and f"{r['rows']}x{r['seq_len']}" == shape}
     if not rates:
