@@ -12,20 +12,28 @@ key_ids[b, s]` (and s <= t when causal); `attention.AttentionMask` builds them f
 packing segments. A query that sees no key gets the mean of all values, as the plain path's
 finite-minimum softmax gives it.
 
-Every `pallas_call` carries a `CostEstimate` (MXU flops with the head dimension padded to the
-128-lane width, exponentials, exact HBM bytes): the TPU compiler prices a kernel by it, and
-without one `cost_analysis()` cannot see the kernel at all. On backends other than TPU the same
-kernels run in the Pallas interpreter (slow; for tests), chosen per platform at lowering.
+Every `pallas_call` carries a `CostEstimate`, counted from the kernel body itself
+(`kernel_cost.count`): the FLOPs of its dots traced with the head dimension padded to the
+128-lane width the MXU works in, its exponentials and reciprocals, and the HBM bytes of its
+blocks as the TPU lays them out. The TPU compiler prices the kernel by it alone (without one
+`cost_analysis()` cannot see the kernel at all). The grid over batch rows is declared
+"parallel", so a megacore chip (v4, v5p) splits it over its two TensorCores. On backends other
+than TPU the same kernels run in the Pallas interpreter (slow; for tests), chosen per platform
+at lowering.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from transformer_jax import kernel_cost
 
 Array = jax.Array
 
@@ -43,11 +51,7 @@ def supports(length_q: int, length_k: int, head_dim: int) -> bool:
 
 def _padded_bytes(shape, dtype) -> int:
   """VMEM bytes of one block row: the minor dims padded to (8 or 16 sublanes, 128 lanes) tiles."""
-  itemsize = jnp.dtype(dtype).itemsize
-  *major, second, minor = shape
-  sublanes = 8 * 4 // itemsize
-  return (math.prod(major) * -(-second // sublanes) * sublanes * -(-minor // LANES) * LANES
-          * itemsize)
+  return kernel_cost.tiled_bytes(shape, dtype, LANES, single_row_tiles=False)
 
 
 def _rows_per_cell(arrays, length_q: int, length_k: int) -> int:
@@ -69,7 +73,8 @@ def _probs(q_t, k_t, mask, scale: float):
   scores = jnp.einsum("bkt,bks->bts", q_t, k_t, preferred_element_type=jnp.float32) * scale
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   exp = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-  return exp / jnp.sum(exp, axis=-1, keepdims=True)
+  # One reciprocal per row and a multiply per score, not a divide per score.
+  return exp * (1.0 / jnp.sum(exp, axis=-1, keepdims=True))
 
 
 def _mask(qid_ref, kid_ref, causal: bool):
@@ -116,20 +121,32 @@ def _backward_kernel(qid_ref, kid_ref, q_ref, k_ref, v_ref, do_ref, dq_ref, dk_r
     dv_ref[:, rows, :] = dv_t.astype(dv_ref.dtype)
 
 
-def _nbytes(*arrays) -> int:
-  return sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)
+def _lane_padded(x, heads: int):
+  """`[B, H * K, L]` as `[B, H * K', L]`, K' the head dim padded to the lanes (as in the MXU)."""
+  if x.shape[1] % heads or x.ndim != 3:
+    return x
+  padded = -(-(x.shape[1] // heads) // LANES) * LANES
+  return jax.ShapeDtypeStruct((x.shape[0], heads * padded, x.shape[2]), x.dtype)
 
 
-def _cost(q, k, heads: int, matmuls: int, nbytes: int) -> pl.CostEstimate:
-  """`matmuls` [T, S, K] products per head at the lane-padded head dim, one exp per score."""
-  batch, width, length_q = q.shape
-  padded = -(-(width // heads) // LANES) * LANES
-  scores = batch * heads * length_q * k.shape[2]
-  return pl.CostEstimate(flops=2 * matmuls * scores * padded, transcendentals=scores,
+def work(kernel, inputs, outputs, *, causal: bool, heads: int) -> kernel_cost.KernelWork:
+  """One call's work: FLOPs traced at the lane-padded head dim, the rest at the true shapes."""
+  body = functools.partial(kernel, causal=causal, heads=heads, scale=1.0)
+  ids, arrays = list(inputs[:2]), list(inputs[2:])
+  padded = kernel_cost.count(body, ids + [_lane_padded(x, heads) for x in arrays],
+                             [_lane_padded(x, heads) for x in outputs])
+  true = kernel_cost.count(body, inputs, outputs)
+  return dataclasses.replace(true, flops=padded.flops)
+
+
+def _cost(kernel, inputs, outputs, *, causal: bool, heads: int) -> pl.CostEstimate:
+  counted = work(kernel, inputs, outputs, causal=causal, heads=heads)
+  nbytes = sum(kernel_cost.tiled_bytes(x.shape, x.dtype, LANES) for x in (*inputs, *outputs))
+  return pl.CostEstimate(flops=counted.flops, transcendentals=counted.transcendentals,
                          bytes_accessed=nbytes)
 
 
-def _call(kernel, inputs, outputs, cost, *, causal: bool, heads: int, interpret: bool):
+def _call(kernel, inputs, outputs, *, causal: bool, heads: int, interpret: bool):
   """One pallas_call over cells of batch rows (ids `[B, T, 1]`, `[B, 1, S]`, the rest
   `[B, H * K, L]`)."""
   q, k = inputs[2], inputs[3]
@@ -140,13 +157,16 @@ def _call(kernel, inputs, outputs, cost, *, causal: bool, heads: int, interpret:
   return pl.pallas_call(
       functools.partial(kernel, causal=causal, heads=heads, scale=scale),
       out_shape=outputs, grid=(batch // rows,), in_specs=[block(x) for x in inputs],
-      out_specs=[block(x) for x in outputs], cost_estimate=cost, interpret=interpret,
+      out_specs=[block(x) for x in outputs], interpret=interpret,
+      cost_estimate=_cost(kernel, inputs, outputs, causal=causal, heads=heads),
+      # Cells are independent: a megacore chip runs them on both TensorCores.
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel",)),
       name=kernel.__name__.strip("_"))(*inputs)
 
 
-def _per_platform(kernel, inputs, outputs, cost, causal, heads):
+def _per_platform(kernel, inputs, outputs, causal, heads):
   """The Mosaic kernel when lowered for TPU, the Pallas interpreter elsewhere."""
-  run = lambda interpret: lambda *x: _call(kernel, x, outputs, cost, causal=causal, heads=heads,
+  run = lambda interpret: lambda *x: _call(kernel, x, outputs, causal=causal, heads=heads,
                                            interpret=interpret)
   return jax.lax.platform_dependent(*inputs, tpu=run(False), default=run(True))
 
@@ -159,15 +179,24 @@ def _id_blocks(query_ids, key_ids):
 def _forward(q, k, v, query_ids, key_ids, causal, heads):
   inputs = (*_id_blocks(query_ids, key_ids), q, k, v)
   out = jax.ShapeDtypeStruct(q.shape, q.dtype)
-  cost = _cost(q, k, heads, matmuls=2, nbytes=_nbytes(*inputs, out))
-  return _per_platform(_forward_kernel, inputs, [out], cost, causal, heads)[0]
+  return _per_platform(_forward_kernel, inputs, [out], causal, heads)[0]
 
 
 def _backward(q, k, v, query_ids, key_ids, d_out, causal, heads):
   inputs = (*_id_blocks(query_ids, key_ids), q, k, v, d_out)
   outputs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v)]
-  cost = _cost(q, k, heads, matmuls=4, nbytes=_nbytes(*inputs, *outputs))
-  return _per_platform(_backward_kernel, inputs, outputs, cost, causal, heads)
+  return _per_platform(_backward_kernel, inputs, outputs, causal, heads)
+
+
+def fused_attention_work(batch: int, length_q: int, length_k: int, heads: int, head_dim: int, *,
+                         causal: bool, dtype=jnp.bfloat16):
+  """(forward, backward) `KernelWork` of one `fused_attention` call: what each pass declares."""
+  ids = [jax.ShapeDtypeStruct((batch, length_q, 1), jnp.int32),
+         jax.ShapeDtypeStruct((batch, 1, length_k), jnp.int32)]
+  q, k = (jax.ShapeDtypeStruct((batch, heads * head_dim, n), dtype) for n in (length_q, length_k))
+  forward = work(_forward_kernel, ids + [q, k, k], [q], causal=causal, heads=heads)
+  backward = work(_backward_kernel, ids + [q, k, k, q], [q, k, k], causal=causal, heads=heads)
+  return forward, backward
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))

@@ -113,19 +113,66 @@ def _jit_step(attention_impl: str, num_devices: int):
   return float(metrics["train_loss"]), jax.device_get(state.params)
 
 
+def _pallas_calls(fn, *args):
+  """The pallas_call equations of `fn`'s jaxpr (nested jaxprs included), in trace order."""
+  found = []
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "pallas_call":
+        found.append(eqn)
+        continue
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else [param]:
+          sub = getattr(sub, "jaxpr", sub)
+          if hasattr(sub, "eqns"):
+            walk(sub)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def test_declared_cost_counts_every_matmul_at_the_padded_head_dim_and_the_grid_is_parallel():
+  """Forward: scores and PV (2 matmuls per head); backward: scores again, dV, dP, dQ, dK (5),
+  each [T, S] x head dim padded to 128 lanes. A hand count in the kernel (the old `matmuls=4`)
+  fails here."""
+  batch, length_q, length_k, heads, head_dim = 2, 128, 256, 2, 8  # Traced only, never run.
+  q, k, v, query_ids, key_ids = _inputs(batch, length_q, length_k, heads, head_dim)
+  loss = lambda q, k, v: jnp.sum(attention_kernel.fused_attention(q, k, v, query_ids, key_ids))
+  calls = _pallas_calls(jax.grad(loss, argnums=(0, 1, 2)), q, k, v)
+  declared = {eqn.params["name"]: eqn.params["cost_estimate"] for eqn in calls}
+  assert sorted(declared) == ["backward_kernel", "forward_kernel"]
+  one_matmul = 2 * batch * heads * length_q * length_k * attention_kernel.LANES
+  assert declared["forward_kernel"].flops == 2 * one_matmul
+  assert declared["backward_kernel"].flops == 5 * one_matmul
+  scores = batch * heads * length_q * length_k
+  # One exp per score and one reciprocal per query row, each pass.
+  assert declared["forward_kernel"].transcendentals == scores + batch * heads * length_q
+  # The query ids [B, T, 1] are padded to 128 lanes in HBM; the key ids [B, 1, S] are not.
+  ids_bytes = batch * length_q * 128 * 4 + batch * length_k * 4
+  blocks = 4 * batch * heads * head_dim * (2 * length_q + 2 * length_k)  # q, out, k, v (f32).
+  assert declared["forward_kernel"].bytes_accessed == ids_bytes + blocks
+  for eqn in calls:
+    assert tuple(eqn.params["compiler_params"].dimension_semantics) == (
+        "parallel",)
+
+
 @needs_libtpu
-def test_kernel_compiles_for_tpu_and_the_compiler_sees_its_cost():
+def test_kernel_compiles_for_tpu_and_the_compiler_prices_seven_matmuls_per_head():
   from transformer_jax import topology  # pylint: disable=import-outside-toplevel
   device = topology.devices(topology.parse("v5e-8"))[0]
   one = jax.sharding.SingleDeviceSharding(device)
   spec = lambda shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
   loss = lambda q, k, v, ids: jnp.sum(attention_kernel.fused_attention(
       q, k, v, ids, ids, causal=True).astype(jnp.float32))
-  shape = (16, 128, 8, 64)
+  batch, length, heads, head_dim = 32, 128, 8, 64
+  shape = (batch, length, heads, head_dim)
   compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
       spec(shape), spec(shape), spec(shape), spec(shape[:2], jnp.int32)).compile()
-  assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == 2
+  hlo = compiled.as_text()
+  assert hlo.count('custom_call_target="tpu_custom_call"') == 2
+  assert f"s32[{batch},{length},1]{{2,1,0:T(8,128)" in hlo  # Query ids lane-padded, as declared.
   cost = aot._cost(compiled, 0.0)  # pylint: disable=protected-access  # Offsets corrected.
-  # Six [128, 128, 128] matmuls per head and row (head dim padded to the lanes), fwd + bwd.
-  assert cost.flops >= 6 * 2 * 16 * 8 * 128 * 128 * 128
+  # Forward 2 + backward 5 [128, 128, 128] matmuls per head and row (head dim padded to the
+  # lanes); the elementwise work outside the kernels is the rest (< 2%).
+  matmuls = 7 * 2 * batch * heads * length * length * 128
+  assert matmuls <= cost.flops <= 1.02 * matmuls
   assert 0 < cost.seconds < 0.01
