@@ -14,7 +14,14 @@ effort 0: -404.8 s with 405 of them). Both are corrected:
     (the same arithmetic; the memory figures stay those of the program as configured);
   * beam search's decoding loop: one decoder step (the loop body's model call) is compiled
     alone and counted once per generated position beyond the first;
-  * 1 s is added back per `ConcatBitcast` custom call in the program.
+  * 1 s is added back per `ConcatBitcast`, `ZeroCrop` and `SliceId` custom call in the program.
+
+The attention kernel (a Pallas call) is priced by the cost it declares, as a roofline: an
+optimistic estimate. Its part of the step is reported (`TrainReport.kernel_seconds`), and beside
+it a vector-unit bound (`kernel_vector_seconds`), with these assumptions: the vector unit issues
+4 ops a cycle per TensorCore on (8, 128) float32 registers, the transcendental unit one register
+a cycle, at the clock the chip's peak implies (`topology.Chip.clock_ghz`), all units
+overlapping perfectly.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from transformer_jax import decoding, losses, schedules, sharding, steps
+from transformer_jax import attention_kernel, decoding, losses, schedules, sharding, steps
 from transformer_jax import topology as topology_lib
 from transformer_jax.config import TransformerConfig
 from transformer_jax.experiment_config import ExperimentConfig
@@ -41,6 +48,7 @@ from transformer_jax.model import Transformer, init_cache
 DEFAULT_EFFORT = -1.0
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 _OFFSET_CUSTOM_CALLS = ("ConcatBitcast", "ZeroCrop", "SliceId")  # Each: optimal_seconds 1 s low.
+VALU_SLOTS, EUP_SLOTS, VREG_ELEMENTS = 4, 1, 8 * 128  # Per TensorCore and cycle (assumed).
 BATCH_KEYS = ("src", "tgt_in", "tgt_out", "src_segments", "tgt_segments", "src_positions",
               "tgt_positions")
 
@@ -76,6 +84,22 @@ class TrainReport:
   mfu: float
   collectives: dict[str, int]
   compile_seconds: float
+  kernel_seconds: float = 0.0         # The attention kernel's calls, as the compiler prices them.
+  kernel_vector_seconds: float = 0.0  # The same calls bounded by the vector unit too.
+  effort: float = DEFAULT_EFFORT
+
+  @property
+  def kernel_share(self) -> float:
+    return self.kernel_seconds / self.step_seconds
+
+  @property
+  def vector_bound_seconds(self) -> float:
+    """The step with the kernel at its vector-unit bound instead of its roofline."""
+    return self.step_seconds - self.kernel_seconds + self.kernel_vector_seconds
+
+  @property
+  def vector_bound_mfu(self) -> float:
+    return self.mfu * self.step_seconds / self.vector_bound_seconds
 
   @property
   def fits(self) -> bool:
@@ -251,6 +275,41 @@ def _loss_chunk_cost(model: Transformer, device, tokens_per_device: int,
   return extra * cost.flops, extra * cost.seconds
 
 
+def _kernel_seconds(model: Transformer, chip: topology_lib.Chip, cores: float, device, rows: int,
+                    length: int, effort: float) -> tuple[float, float]:
+  """(roofline, vector-bound) seconds of a step's attention kernel calls on one device.
+
+  Each of the encoder's self-attentions and the decoder's self- and cross-attentions is one
+  forward and one backward call of `rows` x `length` (and a second forward under remat); each
+  pass is compiled alone for its priced time. `cores`: TensorCores per device.
+  """
+  cfg = model.config
+  if cfg.attention_impl != "pallas" or not attention_kernel.supports(length, length,
+                                                                     cfg.d_model // cfg.num_heads):
+    return 0.0, 0.0
+  one = jax.sharding.SingleDeviceSharding(device)
+  width = cfg.d_model
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one)
+  q = spec((rows, width, length), cfg.compute_dtype)
+  ids = spec((rows, length), jnp.int32)
+  statics = dict(causal=False, heads=cfg.num_heads)
+  forward = _compile(jax.jit(attention_kernel._forward, static_argnames=tuple(statics)),
+                     q, q, q, ids, ids, effort=effort, **statics)
+  backward = _compile(jax.jit(attention_kernel._backward, static_argnames=tuple(statics)),
+                      q, q, q, ids, ids, q, effort=effort, **statics)
+  works = attention_kernel.fused_attention_work(rows, length, length, cfg.num_heads,
+                                                width // cfg.num_heads, causal=False,
+                                                dtype=cfg.compute_dtype)
+  cycles = chip.clock_ghz * 1e9 * cores  # Per second, over the device's TensorCores.
+  bound = lambda work, seconds: max(seconds, work.vector_ops / (VALU_SLOTS * VREG_ELEMENTS
+                                                                * cycles),
+                                    work.transcendentals / (EUP_SLOTS * VREG_ELEMENTS * cycles))
+  calls = cfg.num_encoder_layers + 2 * cfg.num_decoder_layers
+  forwards = calls * (2 if cfg.remat else 1)
+  return (forwards * forward.seconds + calls * backward.seconds,
+          forwards * bound(works[0], forward.seconds) + calls * bound(works[1], backward.seconds))
+
+
 def compile_train(config: ExperimentConfig, topology: str, *, tokens_per_chip: int | None = None,
                   effort: float = DEFAULT_EFFORT) -> TrainReport:
   """Compiles `config`'s training step for `topology` ("v5e-8", ...) and reports on it.
@@ -276,6 +335,8 @@ def compile_train(config: ExperimentConfig, topology: str, *, tokens_per_chip: i
   extra_flops, extra_seconds = _loss_chunk_cost(model, devices[0], rows * config.data.seq_len,
                                                 effort)
   seconds = timed.seconds + extra_seconds
+  kernel_seconds, kernel_vector_seconds = _kernel_seconds(
+      model, topo.chip, topo.chip.cores / per_chip, devices[0], rows, config.data.seq_len, effort)
   model_flops = model_flops_per_step(model.config, rows * per_chip, config.data.seq_len)
   gib = 2.0**30
   return TrainReport(
@@ -287,7 +348,8 @@ def compile_train(config: ExperimentConfig, topology: str, *, tokens_per_chip: i
       model_tflop_per_chip=model_flops / 1e12,
       xla_tflop_per_chip=(timed.flops + extra_flops) * per_chip / 1e12,
       mfu=model_flops / seconds / (topo.chip.peak_tflops * 1e12),
-      collectives=real.collectives,
+      collectives=real.collectives, kernel_seconds=kernel_seconds,
+      kernel_vector_seconds=kernel_vector_seconds, effort=effort,
       compile_seconds=real.compile_seconds + (timed.compile_seconds if timed is not real else 0))
 
 
@@ -338,17 +400,20 @@ def compile_beam(config: ExperimentConfig, topology: str, *, batch: int = 64, be
 def train_table(reports: list[TrainReport]) -> str:
   """A markdown table of training reports, one row each."""
   head = ("| topology | mode | fsdp | remat | tokens/chip | HBM GiB (params / opt / temp) | fits "
-          "| step s | tokens/s/chip | MFU | collectives | compile s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| step s | tokens/s/chip | MFU | kernel s (share) | VPU-bound step s (MFU) "
+          "| collectives | compile s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   rows = []
   for r in reports:
     coll = ", ".join(f"{n} {k}" for k, n in r.collectives.items() if n) or "none"
+    kernel = (f"{r.kernel_seconds:.4f} ({r.kernel_share:.0%}) | {r.vector_bound_seconds:.3f} "
+              f"({r.vector_bound_mfu:.0%})" if r.kernel_seconds else "none | -")
     rows.append(
         f"| {r.topology} | {r.parallelism} | {'on' if r.fsdp else 'off'} | "
         f"{'on' if r.remat else 'off'} | {r.tokens_per_chip:,} | {r.total_gib:.1f} / "
         f"{r.capacity_gib:.0f} ({r.params_gib:.2f} / {r.optimizer_gib:.2f} / {r.temp_gib:.1f}) "
         f"| {'yes' if r.fits else 'NO'} | {r.step_seconds:.3f} | "
-        f"{r.tokens_per_second_per_chip:,.0f} | {r.mfu:.0%} | {coll} | {r.compile_seconds:.0f} |")
+        f"{r.tokens_per_second_per_chip:,.0f} | {r.mfu:.0%} | {kernel} | {coll} | "
+        f"{r.compile_seconds:.0f} |")
   return "\n".join([head] + rows)
 
 

@@ -21,13 +21,31 @@ class Chip:
   cores_in_name: bool  # v4-N and v5p-N count TensorCores (2 per chip); v5e-N and v6e-N chips.
   dims: int            # 3-D (torus) or 2-D slice shapes.
   host_chips: int      # Chips per TPU VM host of a multi-host slice (Cloud TPU docs).
+  mxus: int            # Per TensorCore, and their width (Cloud TPU and Pallas docs).
+  mxu_width: int
+
+  @property
+  def cores(self) -> int:
+    """TensorCores per chip: two on the megacore chips (v4, v5p)."""
+    return 2 if self.cores_in_name else 1
+
+  @property
+  def clock_ghz(self) -> float:
+    """The clock implied by the peak: peak / (cores x MXUs x width^2 x 2 FLOPs)."""
+    return self.peak_tflops * 1e3 / (self.cores * self.mxus * self.mxu_width**2 * 2)
 
 
 CHIPS = {
-    "v4": Chip("v4", 32.0, 275.0, cores_in_name=True, dims=3, host_chips=4),
-    "v5e": Chip("v5e", 16.0, 197.0, cores_in_name=False, dims=2, host_chips=8),
-    "v5p": Chip("v5p", 95.0, 459.0, cores_in_name=True, dims=3, host_chips=4),
-    "v6e": Chip("v6e", 32.0, 918.0, cores_in_name=False, dims=2, host_chips=8),
+    "v4": Chip("v4", 32.0, 275.0, cores_in_name=True, dims=3, host_chips=4, mxus=4,
+               mxu_width=128),
+    "v5e": Chip("v5e", 16.0, 197.0, cores_in_name=False, dims=2, host_chips=8, mxus=4,
+                mxu_width=128),
+    "v5p": Chip("v5p", 95.0, 459.0, cores_in_name=True, dims=3, host_chips=4, mxus=4,
+                mxu_width=128),
+    # Google's v6e page has said both 2 and 4 MXUs per core; 4 gives a 1.75 GHz clock (2 would
+    # give 3.5 GHz), so 4 is taken.
+    "v6e": Chip("v6e", 32.0, 918.0, cores_in_name=False, dims=2, host_chips=8, mxus=4,
+                mxu_width=256),
 }
 _SHAPES = {
     2: {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",

@@ -100,7 +100,25 @@ def test_tiny_training_step_compiles_for_a_v5e_slice(parallelism, monkeypatch):
   # Replicated parameters: no activations moved. (jit: the Pallas attention kernel runs under
   # shard_map; without the step's mesh Mosaic would refuse to compile, unpartitionable.)
   assert report.collectives["all-gather"] == 0
+  # The attention kernel's calls, priced alone, are a part of the step; the vector-unit bound
+  # can only lengthen them.
+  assert 0 < report.kernel_seconds < report.step_seconds
+  assert report.kernel_vector_seconds >= report.kernel_seconds
   assert "| v5e-8 |" in aot.train_table([report])
+
+
+def test_vector_bound_replaces_the_kernels_roofline_in_the_step():
+  report = _report(kernel_seconds=0.01, kernel_vector_seconds=0.03)
+  assert report.vector_bound_seconds == pytest.approx(report.step_seconds + 0.02)
+  assert report.vector_bound_mfu == pytest.approx(
+      report.mfu * report.step_seconds / (report.step_seconds + 0.02))
+  assert f"({report.kernel_share:.0%})" in aot.train_table([report])
+  assert "none | -" in aot.train_table([_report()])  # XLA's attention: no kernel.
+
+
+def test_chip_clocks_follow_from_the_peaks():
+  assert topology.CHIPS["v5e"].clock_ghz == pytest.approx(1.5, rel=0.01)
+  assert topology.CHIPS["v5p"].clock_ghz == pytest.approx(1.75, rel=0.01)
 
 
 def test_collectives_are_counted_with_tuple_types():
