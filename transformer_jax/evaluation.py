@@ -177,7 +177,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
   encode = getattr(tokenizer, "encode_batch", None)
   texts = [lines[i] for i in todo]
   ids = encode(texts) if encode is not None else [tokenizer.encode(t) for t in texts]
-  ids = _bounded([list(x) for x in ids], [todo_i + 1 for todo_i in todo], config.max_len,
+  ids = bounded_sources([list(x) for x in ids], [todo_i + 1 for todo_i in todo], config.max_len,
                  config.eos_id if append_eos else None)
   order = sorted(range(len(todo)), key=lambda j: -len(ids[j]))  # Longest first.
 
@@ -196,7 +196,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
   return outputs
 
 
-def _bounded(ids: list[list[int]], line_numbers: list[int], limit: int,
+def bounded_sources(ids: list[list[int]], line_numbers: list[int], limit: int,
              eos_id: int | None) -> list[list[int]]:
   """Source ids within the model's `max_len` (EOS included when `eos_id` is given): longer
   lines keep their first tokens, with one warning naming them, so that one runaway line cannot

@@ -3,6 +3,10 @@
 Reads W/tokenizer.model and a checkpoint (`--checkpoint latest | STEP | average:N | averaged`),
 translates one sentence per line (stdin by default) with beam search, writes the translations in
 input order (stdout by default), and with `--reference` prints sacreBLEU and chrF.
+
+`--engine ctranslate2 --model DIR` serves a model exported with `export.py --to ctranslate2`
+instead, with the same input and output handling (its beam search divides by length^alpha:
+`--beam_convention huggingface`).
 """
 
 from __future__ import annotations
@@ -21,8 +25,12 @@ FLAGS = flags.FLAGS
 
 def _define_flags() -> None:
   """Defines translate's flags (at run time, so that importing this module defines nothing)."""
-  flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and checkpoints/).",
-                      required=True)
+  flags.DEFINE_string("workdir", None, "Training workdir (tokenizer.model and checkpoints/).")
+  flags.DEFINE_enum("engine", "jax", ["jax", "ctranslate2"], "jax: this package's decoding of "
+                    "--workdir; ctranslate2: a model exported by export.py, --model DIR.")
+  flags.DEFINE_string("model", None, "With --engine ctranslate2: the exported directory.")
+  flags.DEFINE_string("compute_type", "default", "With --engine ctranslate2: CTranslate2's "
+                      "compute type (default: the model's quantization; int8, float32, ...).")
   flags.DEFINE_string("checkpoint", "latest", "latest, a step number, average:N (mean of the last "
                       "N checkpoints), or averaged (the newest one written by "
                       "average_checkpoints.py).")
@@ -54,12 +62,49 @@ def _check_flags() -> None:
   if FLAGS.batch_tokens < 1:
     raise ValueError(f"--batch_tokens {FLAGS.batch_tokens}: use a positive token budget.")
   common.check_alpha(FLAGS.alpha)
+  _check_engine()
   outputs = {"--output": FLAGS.output, "--attention_plot": FLAGS.attention_plot}
   common.check_outputs(outputs, {"--input": FLAGS.input, "--reference": FLAGS.reference},
                        workdir=FLAGS.workdir)
   for flag, path in outputs.items():
     if path and path != "-":
       inference.check_writable(path, flag)
+
+
+def _check_engine() -> None:
+  """The flags each engine needs, and none it cannot honour."""
+  if FLAGS.engine == "jax":
+    if not FLAGS.workdir:
+      raise ValueError("--workdir is required (or --engine ctranslate2 --model DIR).")
+    if FLAGS.model:
+      raise ValueError("--model is for --engine ctranslate2; the jax engine reads --workdir.")
+    return
+  if not FLAGS.model or FLAGS.workdir:
+    raise ValueError("--engine ctranslate2 reads --model DIR (written by export.py --to "
+                     "ctranslate2), not --workdir.")
+  if FLAGS.attention_plot:
+    raise ValueError("--attention_plot needs the jax engine (--workdir).")
+  if FLAGS.beam_size > 1 and FLAGS.alpha > 0 and FLAGS.beam_convention != "huggingface":
+    raise ValueError("CTranslate2 divides scores by length^alpha (transformers' rule), not "
+                     "GNMT's penalty: add --beam_convention huggingface (e.g. --alpha 1.0), or "
+                     "--alpha 0.")
+
+
+def _load_engine():
+  """(translate(lines) -> hypotheses, description, the jax model's pieces or None)."""
+  from transformer_jax import evaluation, inference
+  if FLAGS.engine == "ctranslate2":
+    from transformer_jax.ct2_translator import CTranslate2Translator
+    translator = CTranslate2Translator(FLAGS.model, compute_type=FLAGS.compute_type)
+    run = lambda lines: translator.translate(lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+                                             batch_tokens=FLAGS.batch_tokens, progress=True)
+    return run, f"CTranslate2 model {FLAGS.model}", None
+  model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
+  # Each sentence may grow to its own source length + 50 tokens, as in the paper.
+  run = lambda lines: evaluation.translate(
+      model, params, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
+      batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention, progress=True)
+  return run, f"{what} of {FLAGS.workdir}", (model, params, tokenizer)
 
 
 def _plot_attention(model, params, tokenizer, lines: list[str], hypotheses: list[str]) -> None:
@@ -81,7 +126,7 @@ def _plot_attention(model, params, tokenizer, lines: list[str], hypotheses: list
 def _main(argv: list[str]) -> None:
   del argv
   common.setup_logging()
-  from transformer_jax import evaluation, executable_cache, inference
+  from transformer_jax import evaluation, executable_cache
   # A second call loads the compiled search, skipping its tracing and compiling.
   executable_cache.enable()
   from transformer_jax.data.corpus import read_lines
@@ -89,17 +134,14 @@ def _main(argv: list[str]) -> None:
   # Every input is checked before anything is decoded or written.
   with common.exit_on(FileNotFoundError, ValueError):
     _check_flags()
-    model, params, tokenizer, what = inference.load_translator(FLAGS.workdir, FLAGS.checkpoint)
+    run, what, jax_model = _load_engine()
     lines = read_lines(FLAGS.input)
     references = read_lines(FLAGS.reference) if FLAGS.reference else None
   if references is not None and len(references) != len(lines):
     common.fail(f"{FLAGS.reference} has {len(references)} lines but the input has {len(lines)}: "
                 "they must be line-aligned.")
-  print(f"Translating {len(lines)} lines with the {what} of {FLAGS.workdir}.", file=sys.stderr)
-  # Each sentence may grow to its own source length + 50 tokens, as in the paper.
-  hypotheses = evaluation.translate(
-      model, params, tokenizer, lines, beam_size=FLAGS.beam_size, alpha=FLAGS.alpha,
-      batch_tokens=FLAGS.batch_tokens, beam_convention=FLAGS.beam_convention, progress=True)
+  print(f"Translating {len(lines)} lines with the {what}.", file=sys.stderr)
+  hypotheses = run(lines)
   text = "".join(h + "\n" for h in hypotheses)
   if FLAGS.output == "-":
     sys.stdout.write(text)
@@ -112,7 +154,7 @@ def _main(argv: list[str]) -> None:
     for score in scores.values():
       print(score.details, file=sys.stderr)
   if FLAGS.attention_plot:
-    _plot_attention(model, params, tokenizer, lines, hypotheses)
+    _plot_attention(*jax_model, lines, hypotheses)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

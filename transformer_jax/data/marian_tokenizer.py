@@ -136,6 +136,11 @@ class MarianTokenizer:
     return self._id_to_piece.get(int(i), UNK)
 
   @property
+  def marian_pad_id(self) -> int:
+    """Marian's own padding id (ours is 0; the two trade places)."""
+    return self._marian_pad
+
+  @property
   def fingerprint(self) -> str:
     """A hash of the files, for cache keys."""
     h = hashlib.sha1()

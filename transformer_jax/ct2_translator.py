@@ -1,0 +1,82 @@
+"""Translate with a model exported to CTranslate2 (`export.py --to ctranslate2`).
+
+The same input and output handling as `evaluation.translate`: our SentencePiece model (saved
+beside the CTranslate2 model) encodes each line, long lines keep their first `max_len - 1`
+tokens, EOS is appended, and the pieces CTranslate2 returns are decoded back to text. Empty
+lines give empty translations.
+
+Beam search: CTranslate2 divides a hypothesis's log-probability by length^alpha, as
+transformers does (`--beam_convention huggingface` in translate.py); it has no GNMT penalty.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import tqdm
+
+from transformer_jax import evaluation
+from transformer_jax.data.tokenizer import Tokenizer
+from transformer_jax.export_ct2 import RECORD_FILE, TOKENIZER_FILE
+from transformer_jax.decoding import EXTRA_LENGTH
+
+
+class CTranslate2Translator:
+  """An exported model directory, loaded with `ctranslate2.Translator`."""
+
+  def __init__(self, directory: str, *, device: str = "cpu", compute_type: str = "default",
+               threads: int = 0):
+    record_path = os.path.join(directory, RECORD_FILE)
+    if not os.path.isfile(record_path):
+      raise FileNotFoundError(f"--model {directory} has no {RECORD_FILE}: give a directory "
+                              "written by `python export.py --to ctranslate2`.")
+    with open(record_path, encoding="utf-8") as f:
+      self.record = json.load(f)
+    import ctranslate2  # pylint: disable=import-outside-toplevel
+    self.tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
+    self.max_len = int(self.record["max_len"])
+    self._translator = ctranslate2.Translator(directory, device=device,
+                                              compute_type=compute_type,
+                                              intra_threads=threads)
+    self._ids = {self.tokenizer.id_to_piece(i): i for i in range(self.tokenizer.vocab_size)}
+
+  def translate(self, lines: Sequence[str], *, beam_size: int = 4, alpha: float = 1.0,
+                batch_tokens: int = 4096, progress: bool = False) -> list[str]:
+    """Translations of `lines` in input order (`alpha`: CTranslate2's length_penalty)."""
+    tok = self.tokenizer
+    todo = [i for i, line in enumerate(lines) if line.strip()]
+    ids = evaluation.bounded_sources(tok.encode_batch([lines[i] for i in todo]),
+                                     [i + 1 for i in todo], self.max_len, tok.eos_id)
+    pieces = [[tok.id_to_piece(i) for i in row] for row in ids]
+    outputs = [""] * len(lines)
+    order = sorted(range(len(todo)), key=lambda j: -len(ids[j]))
+    with tqdm.tqdm(total=len(todo), desc="translate", unit="sentence", file=sys.stderr,
+                   disable=not progress) as bar:
+      for start, stop in _batches([len(ids[j]) for j in order], batch_tokens):
+        members = order[start:stop]
+        # As ours: up to the source length (EOS included) + EXTRA_LENGTH tokens, here for the
+        # longest source of the batch; a learned position table also caps it.
+        limit = len(ids[members[0]]) + EXTRA_LENGTH
+        if self.record.get("positional") == "learned":
+          limit = min(limit, self.max_len)
+        results = self._translator.translate_batch(
+            [pieces[j] for j in members], beam_size=beam_size, length_penalty=alpha,
+            max_decoding_length=limit)
+        for j, result in zip(members, results):
+          outputs[todo[j]] = tok.decode(self._ids[p] for p in result.hypotheses[0])
+        bar.update(len(members))
+    return outputs
+
+
+def _batches(lengths_longest_first: Sequence[int], batch_tokens: int) -> list[tuple[int, int]]:
+  """(start, stop) ranges whose padded size (rows x longest) stays within `batch_tokens`."""
+  ranges, start = [], 0
+  while start < len(lengths_longest_first):
+    rows = max(1, batch_tokens // max(1, lengths_longest_first[start]))
+    stop = min(len(lengths_longest_first), start + rows)
+    ranges.append((start, stop))
+    start = stop
+  return ranges
