@@ -9,7 +9,9 @@ params, src, beam_size=4, min_len=32, max_len=32)`. Peers (`peers.py`): a random
 `transformers.MarianMTModel` with the same shapes (post-norm, sinusoidal positions, tied and
 scaled embeddings, ReLU), run by `generate(num_beams=4, min_new_tokens=32, max_new_tokens=32)`,
 and the same model converted to CTranslate2 (`compute_type="float32"`), run by
-`translate_batch(beam_size=4, min_decoding_length=32, max_decoding_length=32)`. Shapes: `base`
+`translate_batch(beam_size=4, min_decoding_length=32, max_decoding_length=32)`. Sides
+`ours-ct2-float32` and `ours-ct2-int8`: our side's model exported with `export_ct2` (as
+`export.py --to ctranslate2` does) and run by CTranslate2 the same way. Shapes: `base`
 (`TransformerConfig.base`), `small` (the Multi30k recipe's model), `tiny`
 (`TransformerConfig.tiny`, for smoke runs).
 
@@ -40,7 +42,9 @@ def parse_args(argv=None):
                           threads_help="Peers' intra-op threads.",
                           shapes_help=f"Comma-separated: {', '.join(SHAPES)}.",
                           shapes_default="base,small")
-  p.add_argument("--sides", default="ours,ctranslate2,hf", help="Comma-separated sides to run.")
+  p.add_argument("--sides", default="ours,ctranslate2,hf",
+                 help="Comma-separated sides to run; also ours-ct2-float32 and ours-ct2-int8 "
+                 "(our model exported by export.py's code, run by CTranslate2).")
   p.add_argument("--batch", type=int, default=32, help="Sentences per call.")
   p.add_argument("--src_len", type=int, default=32, help="Source tokens per sentence.")
   p.add_argument("--new_tokens", type=int, default=32, help="Generated tokens per sentence.")
@@ -69,6 +73,33 @@ def ours_factory(shape: dict, vocab: int, batch: int, src_len: int,
                         step=lambda: jax.block_until_ready(decode()))
 
 
+def ours_ct2_factory(shape: dict, vocab: int, batch: int, src_len: int, new_tokens: int,
+                     threads: int, quantization: str) -> harness.Runner:
+  """Our side's model (the same parameters) exported by `export_ct2` and run by CTranslate2."""
+  import ctranslate2  # pylint: disable=import-outside-toplevel
+  from transformer_jax import export_ct2  # pylint: disable=import-outside-toplevel
+  rss_import = harness.peak_rss_mib()
+  model = Transformer(TransformerConfig(vocab_size=vocab, **shape))
+  src_ids = peers.random_sources(vocab, batch, src_len)
+  params = model.init(jax.random.key(0), src_ids[:1], src_ids[:1, :4])["params"]
+  pieces = [f"t{i}" for i in range(vocab)]
+  scratch = tempfile.TemporaryDirectory(prefix="ours-ct2-")  # Removed when the worker ends.
+  directory = os.path.join(scratch.name, "model")
+  export_ct2.save(directory, params, model.config, pieces, quantization=quantization)
+  translator = ctranslate2.Translator(directory, device="cpu", intra_threads=threads,
+                                      inter_threads=1)
+  src = [[pieces[i] for i in row] for row in src_ids.tolist()]
+
+  def run(keep=scratch):  # pylint: disable=unused-argument  # Holds the directory.
+    return translator.translate_batch(src, beam_size=peers.BEAM, min_decoding_length=new_tokens,
+                                      max_decoding_length=new_tokens, length_penalty=0.6,
+                                      max_batch_size=0)
+
+  lengths = {len(r.hypotheses[0]) for r in run()}
+  assert lengths == {new_tokens}, lengths
+  return harness.Runner(info={"rss_import_mib": rss_import}, step=run)
+
+
 def build_sides(name: str, wanted: list[str], ct2_dir: str, args) -> list[harness.Side]:
   """The chosen sides of the shape `name`, in worker processes (`ct2_dir`: hf converts to it)."""
   shape = workload.model_shape(name)
@@ -87,6 +118,10 @@ def build_sides(name: str, wanted: list[str], ct2_dir: str, args) -> list[harnes
     if ct2_dir:
       sides.append(harness.Side("ctranslate2", peers.ct2_factory, threads=args.threads,
                                 ct2_dir=ct2_dir, **common))
+    for quantization in ("float32", "int8"):
+      if f"ours-ct2-{quantization}" in wanted:
+        sides.append(harness.Side(f"ours-ct2-{quantization}", ours_ct2_factory, shape=shape,
+                                  threads=args.threads, quantization=quantization, **common))
   except BaseException:
     for side in sides:
       side.close()

@@ -145,6 +145,25 @@ def _ffn(spec, layer: dict[str, Any]) -> None:
   _norm(spec.layer_norm, layer["ffn_block"]["norm"])
 
 
+def save(directory: str, params: dict[str, Any], config: TransformerConfig, pieces: list[str],
+         *, quantization: str = "float32") -> None:
+  """Writes the CTranslate2 model (model.bin, config.json, vocabulary) into `directory`, new.
+
+  `pieces[i]` is the token string of id i; the special tokens are those of the config's ids.
+  """
+  if quantization not in QUANTIZATIONS:
+    raise ValueError(f"--quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
+  spec = model_spec(params, config)
+  spec.register_source_vocabulary(pieces)
+  spec.register_target_vocabulary(pieces)
+  spec.config.bos_token = spec.config.decoder_start_token = pieces[config.bos_id]
+  spec.config.eos_token = pieces[config.eos_id]
+  spec.validate()
+  spec.optimize(quantization=quantization)
+  os.makedirs(directory)
+  spec.save(directory)
+
+
 def export(directory: str, params: dict[str, Any], config: TransformerConfig, tokenizer, *,
            quantization: str = "float32", source: dict[str, Any] | None = None) -> None:
   """Writes the CTranslate2 model, the tokenizer and a record into `directory` (must not exist).
@@ -156,19 +175,8 @@ def export(directory: str, params: dict[str, Any], config: TransformerConfig, to
     quantization: one of `QUANTIZATIONS`.
     source: what was exported (workdir, checkpoint), stored in the record.
   """
-  if quantization not in QUANTIZATIONS:
-    raise ValueError(f"--quantization {quantization!r}: use one of {', '.join(QUANTIZATIONS)}.")
-  spec = model_spec(params, config)
   pieces = [tokenizer.id_to_piece(i) for i in range(tokenizer.vocab_size)]
-  spec.register_source_vocabulary(pieces)
-  spec.register_target_vocabulary(pieces)
-  spec.config.bos_token = spec.config.decoder_start_token = pieces[tokenizer.bos_id]
-  spec.config.eos_token = pieces[tokenizer.eos_id]
-  spec.config.unk_token = pieces[tokenizer.unk_id]
-  spec.validate()
-  spec.optimize(quantization=quantization)
-  os.makedirs(directory)
-  spec.save(directory)
+  save(directory, params, config, pieces, quantization=quantization)
   shutil.copyfile(tokenizer.path, os.path.join(directory, TOKENIZER_FILE))
   record = {"format": "ctranslate2", "quantization": quantization, **(source or {}),
             "max_len": config.max_len, "positional": config.positional}
