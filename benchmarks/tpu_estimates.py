@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from transformer_jax import aot, experiment_config, topology
+from transformer_jax import aot, attention_kernel, experiment_config, kernel_cost, topology
 
 CONFIGS = {"base": "configs/wmt14_base.py", "big": "configs/wmt14_big.py"}
 
@@ -56,32 +56,65 @@ ROWS = [Row("base", "v5e-8"), Row("base", "v5p-8"), Row("big", "v5p-8"),
         Row("base", "v4-8"), Row("base", "v6e-8")]
 
 
-def megacore_pricing(declared_flops: float = 1e12) -> list[str]:
-  """How the compiler prices a Pallas call declared at `declared_flops`, per chip and grid."""
+def _priced_seconds(device, flops: int, nbytes: int, semantics=None) -> float:
+  """The compiler's time for a Pallas call that declares `flops` and `nbytes`."""
   def kernel(x_ref, o_ref):
     o_ref[...] = x_ref[...] * 2
 
+  x = jax.ShapeDtypeStruct((1024, 128), jnp.float32,
+                           sharding=jax.sharding.SingleDeviceSharding(device))
+  call = pl.pallas_call(
+      kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), grid=(8,),
+      in_specs=[pl.BlockSpec((128, 128), lambda i: (i, 0))],
+      out_specs=pl.BlockSpec((128, 128), lambda i: (i, 0)),
+      cost_estimate=pl.CostEstimate(flops=flops, transcendentals=0, bytes_accessed=nbytes),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
+  analysis = jax.jit(call).lower(x).compile().cost_analysis()
+  return (analysis[0] if isinstance(analysis, list) else analysis)["optimal_seconds"]
+
+
+def megacore_pricing(declared_flops: int = 10**12) -> list[str]:
+  """How the compiler prices a Pallas call declared at `declared_flops`, per chip and grid."""
   lines = []
   for name in ("v4-8", "v5e-8", "v5p-8", "v6e-8"):
     topo = topology.parse(name)
-    device = topology.devices(topo)[0]
-    cores = topo.chip.cores * topo.chips / len(topology.devices(topo))
-    x = jax.ShapeDtypeStruct((1024, 128), jnp.float32,
-                             sharding=jax.sharding.SingleDeviceSharding(device))
+    devices = topology.devices(topo)
+    cores = topo.chip.cores * topo.chips / len(devices)
     for semantics in (None, ("parallel",)):
-      call = pl.pallas_call(
-          kernel, out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), grid=(8,),
-          in_specs=[pl.BlockSpec((128, 128), lambda i: (i, 0))],
-          out_specs=pl.BlockSpec((128, 128), lambda i: (i, 0)),
-          cost_estimate=pl.CostEstimate(flops=int(declared_flops), transcendentals=0,
-                                        bytes_accessed=1_000),
-          compiler_params=pltpu.CompilerParams(dimension_semantics=semantics))
-      analysis = jax.jit(call).lower(x).compile().cost_analysis()
-      analysis = analysis[0] if isinstance(analysis, list) else analysis
-      priced = declared_flops / analysis["optimal_seconds"] / 1e12
+      seconds = _priced_seconds(devices[0], declared_flops, 1_000, semantics)
       lines.append(f"{name}: device = {cores:g} TensorCore(s); grid {semantics or 'default'}: "
-                   f"priced at {priced:.1f} TFLOP/s (chip peak {topo.chip.peak_tflops:g}, one "
-                   f"core {topo.chip.peak_tflops / topo.chip.cores:g})")
+                   f"priced at {declared_flops / seconds / 1e12:.1f} TFLOP/s (chip peak "
+                   f"{topo.chip.peak_tflops:g}, one core "
+                   f"{topo.chip.peak_tflops / topo.chip.cores:g})")
+  return lines
+
+
+def kernel_breakdown(rows: int = 256, length: int = 128) -> list[str]:
+  """Per pass of one attention call (`rows` x `length`, base and big heads), on each chip: the
+  time of its HBM bytes, MXU FLOPs (as priced), vector ops and transcendentals (as assumed in
+  aot.py); a markdown table."""
+  lines = ["| chip | model | pass | HBM MB | HBM us | MXU us | VPU us | EUP us | bound |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for name in ("v5e-8", "v5p-8", "v6e-8"):
+    topo = topology.parse(name)
+    devices = topology.devices(topo)
+    cores = topo.chip.cores * topo.chips / len(devices)
+    per_byte = _priced_seconds(devices[0], 0, 10**10) / 10**10
+    per_flop = _priced_seconds(devices[0], 10**12, 1_000) / 10**12
+    cycles = topo.chip.clock_ghz * 1e9 * cores
+    for model, heads in (("base", 8), ("big", 16)):
+      works = attention_kernel.fused_attention_work(rows, length, length, heads, 64,
+                                                    causal=False)
+      for pass_name, work, arrays in (("forward", works[0], 4), ("backward", works[1], 7)):
+        nbytes = (arrays * kernel_cost.tiled_bytes((rows, heads * 64, length), jnp.bfloat16)
+                  + kernel_cost.tiled_bytes((rows, length, 1), jnp.int32)
+                  + kernel_cost.tiled_bytes((rows, 1, length), jnp.int32))
+        times = {"HBM": nbytes * per_byte, "MXU": work.flops * per_flop,
+                 "VPU": work.vector_ops / (aot.VALU_SLOTS * aot.VREG_ELEMENTS * cycles),
+                 "EUP": work.transcendentals / (aot.EUP_SLOTS * aot.VREG_ELEMENTS * cycles)}
+        lines.append(f"| {name} | {model} | {pass_name} | {nbytes / 1e6:.1f} | "
+                     + " | ".join(f"{t * 1e6:.0f}" for t in times.values())
+                     + f" | {max(times, key=times.get)} |")
   return lines
 
 
@@ -102,9 +135,14 @@ def main(argv=None) -> None:
   parser.add_argument("--effort0_rows", type=int, default=0,
                       help="Also compile the first N rows at effort 0.")
   parser.add_argument("--out", default="/tmp/tpu_estimates.jsonl")
+  parser.add_argument("--kernel_only", action="store_true",
+                      help="Only the pricing check and the kernel's per-pass breakdown.")
   args = parser.parse_args(argv)
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   print("\n".join(megacore_pricing()), flush=True)
+  print("\n".join(kernel_breakdown()), flush=True)
+  if args.kernel_only:
+    return
   wanted = set(filter(None, args.rows.split(",")))
   rows = [r for r in ROWS if not wanted or r.name in wanted]
   jobs = [(r, float(e)) for r in rows for e in args.efforts.split(",")]
@@ -116,8 +154,9 @@ def main(argv=None) -> None:
                                effort=effort)
     reports.append((row, report))
     print(f"{row.name} effort {effort:g}: {report.step_seconds:.3f} s, MFU {report.mfu:.1%}, "
-          f"kernel {report.kernel_share:.1%}, VPU-bound MFU {report.vector_bound_mfu:.1%} "
-          f"({time.perf_counter() - start:.0f} s)", flush=True)
+          f"kernel {report.kernel_share:.1%}, VPU-bound MFU {report.vector_bound_mfu:.1%}, "
+          f"1 s offsets added back {report.offsets} ({time.perf_counter() - start:.0f} s)",
+          flush=True)
     with open(args.out, "a") as f:
       f.write(json.dumps({"row": row.name, "effort": effort, **dataclasses.asdict(report)}) + "\n")
   table = aot.train_table([r for _, r in reports]).splitlines()

@@ -62,6 +62,7 @@ class Cost:
   temp_bytes: int
   collectives: dict[str, int]
   compile_seconds: float
+  offsets: dict[str, int] = dataclasses.field(default_factory=dict)  # 1 s added back for each.
 
 
 @dataclasses.dataclass
@@ -87,6 +88,7 @@ class TrainReport:
   kernel_seconds: float = 0.0         # The attention kernel's calls, as the compiler prices them.
   kernel_vector_seconds: float = 0.0  # The same calls bounded by the vector unit too.
   effort: float = DEFAULT_EFFORT
+  offsets: dict[str, int] = dataclasses.field(default_factory=dict)  # Of the timed program.
 
   @property
   def kernel_share(self) -> float:
@@ -195,14 +197,15 @@ def _cost(compiled, compile_seconds: float) -> Cost:
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, list) else analysis
   hlo = compiled.as_text()
-  offset = sum(len(re.findall(rf'custom_call_target="{t}"', hlo)) for t in _OFFSET_CUSTOM_CALLS)
+  offsets = {t: len(re.findall(rf'custom_call_target="{t}"', hlo)) for t in _OFFSET_CUSTOM_CALLS}
   memory = compiled.memory_analysis()
   hbm = (memory.argument_size_in_bytes + memory.temp_size_in_bytes
          + memory.output_size_in_bytes - memory.alias_size_in_bytes)
   return Cost(flops=float(analysis.get("flops", 0.0)),
-              seconds=float(analysis.get("optimal_seconds", 0.0)) + offset,
+              seconds=float(analysis.get("optimal_seconds", 0.0)) + sum(offsets.values()),
               hbm_bytes=int(hbm), temp_bytes=int(memory.temp_size_in_bytes),
-              collectives=count_collectives(hlo), compile_seconds=compile_seconds)
+              collectives=count_collectives(hlo), compile_seconds=compile_seconds,
+              offsets={t: n for t, n in offsets.items() if n})
 
 
 def count_collectives(hlo_text: str) -> dict[str, int]:
@@ -349,7 +352,7 @@ def compile_train(config: ExperimentConfig, topology: str, *, tokens_per_chip: i
       xla_tflop_per_chip=(timed.flops + extra_flops) * per_chip / 1e12,
       mfu=model_flops / seconds / (topo.chip.peak_tflops * 1e12),
       collectives=real.collectives, kernel_seconds=kernel_seconds,
-      kernel_vector_seconds=kernel_vector_seconds, effort=effort,
+      kernel_vector_seconds=kernel_vector_seconds, effort=effort, offsets=timed.offsets,
       compile_seconds=real.compile_seconds + (timed.compile_seconds if timed is not real else 0))
 
 

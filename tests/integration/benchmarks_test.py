@@ -262,11 +262,12 @@ def test_train_benchmark_runs_every_side_at_tiny_shapes(capsys, keep_env):
 
 def test_decode_benchmark_runs_ours_beside_hugging_face(capsys, keep_env):
   pytest.importorskip("transformers")
-  decode_benchmark.main(["--shapes", "tiny", "--sides", "ours,hf", "--vocab_size", "64",
-                         "--batch", "2", "--src_len", "4", "--new_tokens", "3", "--warmup", "0",
-                         "--rounds", "1", "--per_round", "1"])
+  pytest.importorskip("ctranslate2")
+  decode_benchmark.main(["--shapes", "tiny", "--sides", "ours,hf,ours-ct2-int8", "--vocab_size",
+                         "64", "--batch", "2", "--src_len", "4", "--new_tokens", "3",
+                         "--warmup", "0", "--rounds", "1", "--per_round", "1"])
   out = capsys.readouterr().out
-  assert set(_table_rows(out, "tiny")) == {"ours", "hf"}, out
+  assert set(_table_rows(out, "tiny")) == {"ours", "hf", "ours-ct2-int8"}, out
   assert "exactly 3 new tokens each" in out
 
 
