@@ -52,6 +52,7 @@ ROWS = [Row("base", "v5e-8"), Row("base", "v5p-8"), Row("big", "v5p-8"),
         Row("base", "v5p-8", parallelism="shard_map"), Row("big", "v5p-8", parallelism="shard_map"),
         Row("big", "v6e-8", parallelism="shard_map"),
         Row("big", "v6e-8", parallelism="shard_map", fsdp=True),
+        Row("big", "v6e-8", 131_072, parallelism="shard_map", fsdp=True),
         Row("big", "v5e-8", 32_768), Row("big", "v5e-8", 32_768, remat=True),
         Row("base", "v4-8"), Row("base", "v6e-8")]
 

@@ -308,3 +308,15 @@ def test_decoding_rule_reads_tune_decodings_hypotheses(tmp_path, capsys):
   rule = json.loads((tmp_path / "rule.json").read_text())
   assert rule["baseline"] == "base" and rule["significant"] == rule["best_bleu"] == [0.0, 0.0]
   assert "significant at p < 0.05 (new)" in capsys.readouterr().out
+
+
+def test_tpu_estimates_checks_the_pricing_and_breaks_the_kernel_down(capsys):
+  from tests.unit.aot_test import needs_libtpu  # pylint: disable=g-import-not-at-top
+  if needs_libtpu.args[0]:
+    pytest.skip(needs_libtpu.kwargs["reason"])
+  from benchmarks import tpu_estimates  # pylint: disable=g-import-not-at-top
+  tpu_estimates.main(["--kernel_only"])
+  out = capsys.readouterr().out
+  # A megacore v5p device: priced as both cores, with or without the parallel grid.
+  assert out.count("v5p-8: device = 2 TensorCore(s)") == 2
+  assert "| v6e-8 | big | backward |" in out and "| HBM |" in out
