@@ -24,12 +24,12 @@ import os
 import shutil
 from typing import Any
 
-import jax
 import numpy as np
 
 from transformer_jax.config import TransformerConfig
 from transformer_jax.decoding import EXTRA_LENGTH
 from transformer_jax.model import sinusoidal_encoding
+from transformer_jax.params import unstack_layer_params
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16", "float32")
@@ -48,13 +48,6 @@ def check_exportable(config: TransformerConfig) -> None:
   if config.activation not in _ACTIVATIONS:
     raise ValueError(f"TransformerConfig.activation={config.activation!r} has no CTranslate2 "
                      f"equivalent here; supported: {', '.join(_ACTIVATIONS)}.")
-
-
-def _layers(stack: dict[str, Any], count: int) -> list[dict[str, Any]]:
-  """Per-layer parameters, from `layers_i` entries or a scanned `layers` stack."""
-  if "layers" in stack:
-    return [jax.tree.map(lambda x, i=i: np.asarray(x)[i], stack["layers"]) for i in range(count)]
-  return [stack[f"layers_{i}"] for i in range(count)]
 
 
 def _f32(x) -> np.ndarray:
@@ -100,6 +93,7 @@ def model_spec(params: dict[str, Any], config: TransformerConfig):
   """The `ctranslate2.specs.TransformerSpec` of our `Transformer` parameters."""
   from ctranslate2.specs import common_spec, transformer_spec
   check_exportable(config)
+  params = unstack_layer_params(dict(params))  # Scanned stacks as layers_0, layers_1, ...
   spec = transformer_spec.TransformerSpec.from_config(
       (config.num_encoder_layers, config.num_decoder_layers), config.num_heads,
       pre_norm=config.pre_norm,
@@ -119,13 +113,13 @@ def model_spec(params: dict[str, Any], config: TransformerConfig):
     side.position_encodings.encodings = _positions(config, stack.get("embedder", {}))
     if config.pre_norm:
       _norm(side.layer_norm, stack["final_norm"])
-  for layer_spec, layer in zip(spec.encoder.layer,
-                               _layers(encoder, config.num_encoder_layers)):
+  for i, layer_spec in enumerate(spec.encoder.layer):
+    layer = encoder[f"layers_{i}"]
     _attention(layer_spec.self_attention, layer["self_attention"], d, fused_kv_only=False)
     _norm(layer_spec.self_attention.layer_norm, layer["attention_block"]["norm"])
     _ffn(layer_spec.ffn, layer)
-  for layer_spec, layer in zip(spec.decoder.layer,
-                               _layers(decoder, config.num_decoder_layers)):
+  for i, layer_spec in enumerate(spec.decoder.layer):
+    layer = decoder[f"layers_{i}"]
     _attention(layer_spec.self_attention, layer["self_attention"], d, fused_kv_only=False)
     _norm(layer_spec.self_attention.layer_norm, layer["self_attention_block"]["norm"])
     _attention(layer_spec.attention, layer["cross_attention"], d, fused_kv_only=True)
