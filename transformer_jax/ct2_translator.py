@@ -24,7 +24,7 @@ import tqdm
 
 from transformer_jax import evaluation
 from transformer_jax.data.tokenizer import Tokenizer
-from transformer_jax.export_ct2 import RECORD_FILE, TOKENIZER_FILE
+from transformer_jax.export_ct2 import RECORD_FILE, TOKENIZER_FILE, require_ctranslate2
 from transformer_jax.decoding import EXTRA_LENGTH
 
 PATIENCE = 2  # CTranslate2's beam search patience (its default, 1, stops early; see above).
@@ -41,7 +41,7 @@ class CTranslate2Translator:
                               "written by `python export.py --to ctranslate2`.")
     with open(record_path, encoding="utf-8") as f:
       self.record = json.load(f)
-    import ctranslate2  # pylint: disable=import-outside-toplevel
+    ctranslate2 = require_ctranslate2()
     self.tokenizer = Tokenizer.load(os.path.join(directory, TOKENIZER_FILE))
     self.max_len = int(self.record["max_len"])
     self._translator = ctranslate2.Translator(os.fspath(directory), device=device,

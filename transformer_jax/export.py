@@ -69,6 +69,7 @@ def _writer(to: str, config, tokenizer, quantization: str):
   """A function (directory, params, source) that writes the export, after checking `config`."""
   if to == "ctranslate2":
     from transformer_jax import export_ct2  # pylint: disable=import-outside-toplevel
+    export_ct2.require_ctranslate2()
     export_ct2.check_exportable(config)
     if quantization not in export_ct2.QUANTIZATIONS:
       raise ValueError(f"--quantization {quantization!r}: use one of "

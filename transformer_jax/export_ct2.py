@@ -89,8 +89,19 @@ def _positions(config: TransformerConfig, embedder: dict[str, Any]) -> np.ndarra
                                   config.sinusoid_layout))
 
 
+def require_ctranslate2():
+  """The `ctranslate2` module, or a one-line ValueError saying how to install it."""
+  try:
+    import ctranslate2  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ValueError("CTranslate2 is not installed: pip install -e \".[serve]\" (or pip install "
+                     "ctranslate2).") from None
+  return ctranslate2
+
+
 def model_spec(params: dict[str, Any], config: TransformerConfig):
   """The `ctranslate2.specs.TransformerSpec` of our `Transformer` parameters."""
+  require_ctranslate2()
   from ctranslate2.specs import common_spec, transformer_spec
   check_exportable(config)
   params = unstack_layer_params(dict(params))  # Scanned stacks as layers_0, layers_1, ...
