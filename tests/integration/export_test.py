@@ -133,6 +133,10 @@ def test_refused_exports_write_nothing(pre_norm, tmp_path):
                           f"--out={taken}"))
   assert "already exists and is not an empty directory" in line
   assert os.listdir(taken) == ["keep.txt"]
+  line = _error_line(_run("export.py", f"--workdir={pre_norm}", "--to=ctranslate2",
+                          f"--out={pre_norm}/checkpoints/export"))
+  assert "lies in the workdir's checkpoints" in line
+  assert not os.path.exists(os.path.join(pre_norm, "checkpoints", "export"))
   line = _error_line(_run("export.py", f"--workdir={pre_norm}", "--to=huggingface",
                           f"--out={tmp_path / 'hf'}"))
   assert "TransformerConfig.pre_norm=True" in line
