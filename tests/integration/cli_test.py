@@ -15,7 +15,7 @@ from transformer_jax.cli import common, demo_config
 from transformer_jax.cli import train as train_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMMANDS = ["train", "translate", "tune_decoding", "average_checkpoints", "import_marian"]
+COMMANDS = ["train", "translate", "tune_decoding", "average_checkpoints", "import_marian", "export"]
 
 
 def _scripts() -> dict[str, str]:
@@ -45,7 +45,7 @@ def test_every_console_script_names_a_callable_main_that_the_root_script_calls_t
 
 
 def test_importing_the_commands_defines_no_flag():
-  # Each command defines its flags when it runs: all five can be imported in one process
+  # Each command defines its flags when it runs: all of them can be imported in one process
   # (several define --workdir), as the entry point test above does.
   for command in COMMANDS:
     module = importlib.import_module(f"transformer_jax.cli.{command}")
