@@ -145,8 +145,9 @@ def _compile_report(config) -> None:
         f"tokens, {beam.new_tokens} new: {beam.seconds:.3f} s, "
         f"{beam.tokens_per_second:,.0f} generated tokens/s on one chip "
         f"({beam.total_gib:.2f} of {beam.capacity_gib:.0f} GiB).")
-  print("Estimates are the TPU compiler's (exec_time_optimization_effort -1), corrected for "
-        "loops counted once; see transformer_jax/aot.py.")
+  print("Optimistic estimates: the TPU compiler's (exec_time_optimization_effort -1), corrected "
+        "for loops counted once, the attention kernel priced at its declared roofline (its "
+        "share and a vector-unit bound in the table); see docs/tpu.md.")
   demand = aot.input_demand(report, config.data.seq_len)
   print(demand.describe())
   if FLAGS.measure_input:
