@@ -11,6 +11,7 @@ from transformer_jax import export_ct2
 from transformer_jax.data.tokenizer import Tokenizer
 from transformer_jax.model import Transformer
 from transformer_jax.config import TransformerConfig
+from transformer_jax.params import stack_layer_params
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -27,12 +28,12 @@ def _model(tokenizer, seed=0, **changes):
   """A tiny model with random parameters, LayerNorms and biases included (not the identity)."""
   config = TransformerConfig.tiny(tokenizer.vocab_size).replace(dtype="float32", max_len=32,
                                                                 **changes)
-  model = Transformer(config)
+  model = Transformer(config.replace(scan_layers=False))
   dummy = np.ones((1, 4), np.int32)
   params = model.init(jax.random.key(seed), dummy, dummy)["params"]
   rng = np.random.RandomState(seed)
   params = jax.tree.map(lambda x: x + 0.3 * rng.randn(*x.shape).astype(np.float32), params)
-  return model, params
+  return model, params, config
 
 
 VARIANTS = {
@@ -48,8 +49,13 @@ VARIANTS = {
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_exported_model_scores_every_token_as_ours(variant, tokenizer, tmp_path):
-  model, params = _model(tokenizer, **VARIANTS[variant])
-  export_ct2.export(str(tmp_path / "ct2"), params, model.config, tokenizer)
+  model, params, config = _model(tokenizer, **VARIANTS[variant])
+  exported = params
+  if config.scan_layers:  # Exported as scanned stacks; our reference runs them unrolled.
+    layers = {"encoder": config.num_encoder_layers, "decoder": config.num_decoder_layers}
+    exported = {k: stack_layer_params(v, layers[k]) if k in layers else v
+                for k, v in params.items()}
+  export_ct2.export(str(tmp_path / "ct2"), exported, config, tokenizer)
   rng = np.random.RandomState(1)
   eos, bos = tokenizer.eos_id, tokenizer.bos_id
   src = rng.randint(4, tokenizer.vocab_size, (3, 9))
@@ -67,7 +73,7 @@ def test_exported_model_scores_every_token_as_ours(variant, tokenizer, tmp_path)
 
 
 def test_export_writes_the_tokenizer_and_a_record_beside_the_model(tokenizer, tmp_path):
-  model, params = _model(tokenizer)
+  model, params, _ = _model(tokenizer)
   out = tmp_path / "ct2"
   export_ct2.export(str(out), params, model.config, tokenizer, quantization="int8",
                     source={"workdir": "W"})
