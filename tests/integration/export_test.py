@@ -31,6 +31,14 @@ def test_a_pre_norm_model_trained_on_packed_rows_exports_exactly(pre_norm, tmp_p
   # probabilities are still near uniform.
   assert ct2(out, lines, beam_size=3, alpha=0.0) == ours(
       pre_norm, lines, beam_size=3, alpha=0.0, beam_convention="huggingface")
+  # The command: input order, an empty line kept, BLEU against a reference.
+  src = tmp_path / "src.txt"
+  src.write_text("\n".join([lines[0], "", lines[1]]) + "\n")
+  result = run("translate.py", "--engine=ctranslate2", f"--model={out}", f"--input={src}",
+               "--beam_size=1", f"--reference={src}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  expected = ours(pre_norm, [lines[0], "", lines[1]], beam_size=1)
+  assert result.stdout.split("\n")[:3] == expected and "BLEU" in result.stderr
 
 
 def _refused(workdir, to, out, match, **kwargs):

@@ -140,6 +140,7 @@ def test_a_corrupt_asked_checkpoint_names_the_readable_ones_and_moves_nothing(wo
 
 @pytest.mark.parametrize("flags, message", [
     (["--alpha=-1"], "--alpha -1.0: give a finite length penalty >= 0"),
+    (["--engine=ctranslate2"], "--engine ctranslate2 reads --model DIR"),
     (["--alpha=nan"], "--alpha nan: give a finite length penalty >= 0"),
 ])
 def test_translate_flags_are_checked_first(workdir, dev, flags, message):
