@@ -140,8 +140,17 @@ def work(kernel, inputs, outputs, *, causal: bool, heads: int) -> kernel_cost.Ke
 
 
 def _cost(kernel, inputs, outputs, *, causal: bool, heads: int) -> pl.CostEstimate:
-  counted = work(kernel, inputs, outputs, causal=causal, heads=heads)
-  nbytes = sum(kernel_cost.tiled_bytes(x.shape, x.dtype, LANES) for x in (*inputs, *outputs))
+  shapes = lambda xs: tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in xs)
+  return _cost_of_shapes(kernel, shapes(inputs), shapes(outputs), causal, heads)
+
+
+@functools.lru_cache(maxsize=64)
+def _cost_of_shapes(kernel, inputs, outputs, causal: bool, heads: int) -> pl.CostEstimate:
+  """`_cost` by shapes: a model traces each kernel at a few shapes, many times (both platform
+  branches, every layer), and counting traces the body twice."""
+  structs = lambda xs: [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in xs]
+  counted = work(kernel, structs(inputs), structs(outputs), causal=causal, heads=heads)
+  nbytes = sum(kernel_cost.tiled_bytes(shape, dtype, LANES) for shape, dtype in inputs + outputs)
   return pl.CostEstimate(flops=counted.flops, transcendentals=counted.transcendentals,
                          bytes_accessed=nbytes)
 

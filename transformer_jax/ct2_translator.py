@@ -61,8 +61,8 @@ class CTranslate2Translator:
     order = sorted(range(len(todo)), key=lambda j: -len(ids[j]))
     with tqdm.tqdm(total=len(todo), desc="translate", unit="sentence", file=sys.stderr,
                    disable=not progress) as bar:
-      for start, stop in _batches([len(ids[j]) for j in order], batch_tokens):
-        members = order[start:stop]
+      for batch in evaluation.length_batches([len(ids[j]) for j in order], batch_tokens):
+        members = [order[k] for k in batch.rows]
         # As ours: up to the source length (EOS included) + EXTRA_LENGTH tokens, here for the
         # longest source of the batch; a learned position table also caps it.
         limit = len(ids[members[0]]) + EXTRA_LENGTH
@@ -79,13 +79,3 @@ class CTranslate2Translator:
         bar.update(len(members))
     return outputs
 
-
-def _batches(lengths_longest_first: Sequence[int], batch_tokens: int) -> list[tuple[int, int]]:
-  """(start, stop) ranges whose padded size (rows x longest) stays within `batch_tokens`."""
-  ranges, start = [], 0
-  while start < len(lengths_longest_first):
-    rows = max(1, batch_tokens // max(1, lengths_longest_first[start]))
-    stop = min(len(lengths_longest_first), start + rows)
-    ranges.append((start, stop))
-    start = stop
-  return ranges

@@ -183,7 +183,7 @@ def translate(model: Transformer, params: Any, tokenizer: TokenizerLike, lines: 
 
   with tqdm.tqdm(total=len(todo), desc="translate", unit="sentence", file=sys.stderr,
                  disable=not progress) as bar:
-    for batch in _batches([len(ids[j]) for j in order], batch_tokens):
+    for batch in length_batches([len(ids[j]) for j in order], batch_tokens):
       members = [order[k] for k in batch.rows]
       src = np.full((batch.size, batch.length), config.pad_id, np.int32)
       for row, j in enumerate(members + members[:1] * (batch.size - len(members))):
@@ -245,8 +245,11 @@ class _Batch:
   length: int      # Padded source length.
 
 
-def _batches(lengths_sorted: Sequence[int], batch_tokens: int) -> list[_Batch]:
-  """Groups length-sorted (descending) sentences into batches of a few fixed shapes."""
+def length_batches(lengths_sorted: Sequence[int], batch_tokens: int) -> list[_Batch]:
+  """Groups length-sorted (descending) sentences into batches of a few fixed shapes.
+
+  Each batch's `rows` are positions in the sorted order; `size` and `length` the padded shape.
+  """
   batches, start = [], 0
   while start < len(lengths_sorted):
     length = bucket_length(lengths_sorted[start])

@@ -70,10 +70,7 @@ def _writer(to: str, config, tokenizer, quantization: str):
   if to == "ctranslate2":
     from transformer_jax import export_ct2  # pylint: disable=import-outside-toplevel
     export_ct2.require_ctranslate2()
-    export_ct2.check_exportable(config)
-    if quantization not in export_ct2.QUANTIZATIONS:
-      raise ValueError(f"--quantization {quantization!r}: use one of "
-                       f"{', '.join(export_ct2.QUANTIZATIONS)}.")
+    export_ct2.check_exportable(config)  # The quantization: export_ct2.save, before it writes.
     if not hasattr(tokenizer, "path") or not tokenizer.path:
       raise ValueError("This workdir's tokenizer is not a SentencePiece model of ours (an "
                        "imported OPUS-MT tokenizer?): CTranslate2 export needs tokenizer.model.")

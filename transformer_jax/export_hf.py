@@ -32,7 +32,9 @@ The tokenizer files (source.spm, target.spm, vocab.json) are not written here.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from typing import Any
 
 import flax
@@ -40,6 +42,7 @@ import jax
 import numpy as np
 
 from transformer_jax.config import TransformerConfig, require_int
+from transformer_jax.data.marian_tokenizer import FILES, MarianTokenizer
 from transformer_jax.model import Transformer
 from transformer_jax.params import unstack_layer_params
 
@@ -275,9 +278,6 @@ def export(directory: str, params: Any, config: TransformerConfig, tokenizer, *,
   """Writes a MarianMTModel directory (created here) with the tokenizer files transformers'
   `MarianTokenizer` reads: an imported model's own, or our SentencePiece model as both
   source.spm and target.spm with vocab.json mapping its pieces to our ids."""
-  import logging  # pylint: disable=import-outside-toplevel
-  import shutil  # pylint: disable=import-outside-toplevel
-  from transformer_jax.data.marian_tokenizer import FILES, MarianTokenizer
   marian_pad = tokenizer.marian_pad_id if isinstance(tokenizer, MarianTokenizer) else 0
   if config.layer_norm_epsilon != MARIAN_LAYER_NORM_EPSILON:
     logging.warning("This model's LayerNorm epsilon is %g; MarianMTModel's is fixed at 1e-5: "

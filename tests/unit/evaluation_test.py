@@ -81,7 +81,7 @@ def test_several_reference_streams_and_bad_references():
 def test_bucket_lengths_and_batches():
   assert [evaluation.bucket_length(n) for n in (1, 16, 17, 24, 25, 33, 49, 100)] == [
       16, 16, 24, 24, 32, 48, 64, 128]
-  batches = evaluation._batches([30, 20, 18, 17, 16, 5, 3], batch_tokens=64)
+  batches = evaluation.length_batches([30, 20, 18, 17, 16, 5, 3], batch_tokens=64)
   assert [(b.rows, b.size, b.length) for b in batches] == [
       ([0], 1, 32), ([1, 2], 2, 24), ([3], 1, 24), ([4, 5, 6], 4, 16)]
 
